@@ -1,0 +1,241 @@
+//! The command line: run, check, route, ring. Parses arguments, prints summaries and
+//! turns outcomes into exit codes; the work itself is the library's.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::config::{self, Config};
+use crate::ring::hash_key;
+use crate::snapshot::Snapshot;
+
+/// ringlb: a consistent-hashing load-balancing reverse proxy.
+#[derive(Debug, Parser)]
+#[command(name = "ringlb", version, about)]
+pub struct Cli {
+    /// The config file.
+    #[arg(long, global = true, env = "RINGLB_CONFIG", default_value = "lb.yaml")]
+    pub config: PathBuf,
+    /// Log line format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// What to do; without one, run the proxy.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the config, print a summary; exit 0 when valid, 1 when not.
+    Check,
+    /// For each KEY (a key value, as `hash.key` extracts it): its backend and failover order.
+    Route {
+        /// Key values, e.g. request paths when `hash.key` is `path`.
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Each backend's share of the key space against its ideal share.
+    Ring,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The whole binary: parse, dispatch, exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let loaded = config::load(&cli.config);
+    let config = match loaded {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        None => run(config),
+        Some(cmd) => match Snapshot::build(config, None) {
+            Ok(snap) => {
+                let out = match cmd {
+                    Command::Check => check_summary(&snap),
+                    Command::Route { keys } => route_table(&snap, &keys),
+                    Command::Ring => ring_table(&snap),
+                };
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", cli.config.display());
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(config: Config) -> ExitCode {
+    let workers = match config.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let stop = CancellationToken::new();
+        crate::shutdown::on_signal(stop.clone());
+        info!(config = %config.origin, workers, "starting");
+        match crate::server::run(config, stop).await {
+            Ok(()) => {
+                info!("stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                error!(error = %e, "cannot start");
+                eprintln!("ringlb: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// `ringlb check`: what the config says, in a few lines.
+pub fn check_summary(snap: &Snapshot) -> String {
+    let c = &snap.config;
+    let mut out = String::new();
+    let listeners: Vec<String> = c.listeners.iter().map(|l| l.bind.to_string()).collect();
+    let keys: Vec<String> = c.hash.key.iter().map(ToString::to_string).collect();
+    let _ = writeln!(out, "{}: valid", c.origin);
+    let _ = writeln!(out, "listeners: {}", listeners.join(", "));
+    let _ = writeln!(
+        out,
+        "hash: key {}, {} vnodes, {} points, ring fingerprint {:016x}",
+        keys.join(" then "),
+        c.hash.vnodes,
+        snap.ring.len(),
+        snap.ring_fingerprint()
+    );
+    let _ = writeln!(out, "backends: {}", c.backends.len());
+    let shares = snap.shares();
+    let width = c.backends.iter().map(|b| b.name.len()).max().unwrap_or(0);
+    for (b, share) in c.backends.iter().zip(shares) {
+        let _ = writeln!(
+            out,
+            "  {:width$}  {:21}  weight {:>4}  share {:6.2}%",
+            b.name,
+            b.address.to_string(),
+            b.weight,
+            share * 100.0
+        );
+    }
+    out
+}
+
+/// `ringlb route`: one line per key.
+pub fn route_table(snap: &Snapshot, keys: &[String]) -> String {
+    let mut out = String::new();
+    for key in keys {
+        let hash = hash_key(key.as_bytes());
+        let order: Vec<&str> = snap
+            .ring
+            .failover(hash)
+            .map(|id| &*snap.backend(id).name)
+            .collect();
+        match order.first() {
+            Some(first) => {
+                let addr = snap
+                    .ring
+                    .owner(hash)
+                    .map(|id| snap.backend(id).address.to_string())
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "{key} -> {first} ({addr}); failover: {}",
+                    order.join(", ")
+                );
+            }
+            None => {
+                let _ = writeln!(out, "{key} -> none (every backend has weight 0)");
+            }
+        }
+    }
+    out
+}
+
+/// `ringlb ring`: share vs ideal per backend, and the spread.
+pub fn ring_table(snap: &Snapshot) -> String {
+    let c = &snap.config;
+    let total: u64 = c.backends.iter().map(|b| u64::from(b.weight)).sum();
+    let shares = snap.shares();
+    let width = c
+        .backends
+        .iter()
+        .map(|b| b.name.len())
+        .max()
+        .unwrap_or(7)
+        .max(7);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:width$}  {:>6}  {:>7}  {:>8}  {:>8}  {:>6}",
+        "backend", "weight", "points", "share", "ideal", "ratio"
+    );
+    let mut worst: f64 = 0.0;
+    for (b, share) in c.backends.iter().zip(&shares) {
+        let ideal = if total == 0 {
+            0.0
+        } else {
+            b.weight as f64 / total as f64
+        };
+        let ratio = if ideal > 0.0 { share / ideal } else { 0.0 };
+        worst = worst.max(ratio);
+        let _ = writeln!(
+            out,
+            "{:width$}  {:>6}  {:>7}  {:>7.2}%  {:>7.2}%  {:>6.3}",
+            b.name,
+            b.weight,
+            u64::from(b.weight) * u64::from(c.hash.vnodes),
+            share * 100.0,
+            ideal * 100.0,
+            ratio
+        );
+    }
+    let _ = writeln!(
+        out,
+        "max/mean load: {worst:.3} ({} points, {} vnodes per unit of weight)",
+        snap.ring.len(),
+        c.hash.vnodes
+    );
+    out
+}

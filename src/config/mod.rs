@@ -1,0 +1,119 @@
+//! The validated configuration: `Config` is only made by `load`/`from_str`, so nothing
+//! after loading re-checks it. Parsing is behind `parse` so serde_yaml can be swapped.
+
+mod error;
+mod raw;
+mod validate;
+pub mod value;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use error::{ConfigError, Diagnostic};
+pub use raw::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_RETRIES, DEFAULT_VNODES};
+pub use value::{Address, KeySource};
+
+/// A whole, valid `lb.yaml`. Field names follow the YAML keys.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file as the user named it; used in messages.
+    pub origin: String,
+    /// Where clients connect; at least one, no two overlapping.
+    pub listeners: Vec<Listener>,
+    /// How a request becomes a point on the ring.
+    pub hash: Hash,
+    /// The ring's members; at least one, names unique.
+    pub backends: Vec<Backend>,
+    /// Time limits.
+    pub timeouts: Timeouts,
+    /// Extra attempts, each on the next distinct backend, only when the request was not sent.
+    pub retries: u32,
+    /// Resource limits.
+    pub limits: Limits,
+    /// Runtime worker threads; 0 means one per core.
+    pub workers: usize,
+}
+
+/// A plain HTTP listener (HTTP/1.1 and h2c).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// The socket address to bind.
+    pub bind: SocketAddr,
+}
+
+/// The `hash` block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hash {
+    /// Sources tried in order; the path when none is present.
+    pub key: Vec<KeySource>,
+    /// Points per unit of weight, 1..=10000.
+    pub vnodes: u32,
+}
+
+/// One ring member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// Stable identity: the ring positions derive from it.
+    pub name: Arc<str>,
+    /// Where to connect.
+    pub address: Address,
+    /// 0..=1000; 0 owns no keys.
+    pub weight: u32,
+}
+
+/// The `timeouts` block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP connect to a backend.
+    pub connect: Duration,
+    /// Until the backend's response headers arrive.
+    pub response: Duration,
+    /// A client must send its whole request head in this time.
+    pub client_header: Duration,
+    /// Keep-alive idle time on client connections.
+    pub idle: Duration,
+    /// Drain time after SIGTERM/SIGINT.
+    pub shutdown: Duration,
+}
+
+/// The `limits` block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Client connections open at once.
+    pub max_connections: usize,
+    /// Largest request head in bytes.
+    pub max_header_bytes: usize,
+}
+
+/// Reads and validates the file at `path`.
+///
+/// # Errors
+/// `ConfigError::Read` when the file cannot be read, `ConfigError::Invalid` with every
+/// problem found, each naming `path:line:col` and the field.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        origin: origin.clone(),
+        source,
+    })?;
+    from_str(&text, &origin)
+}
+
+/// Validates config text; `origin` names it in errors.
+///
+/// # Errors
+/// `ConfigError::Invalid` with every problem found.
+pub fn from_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    let raw = parse(text).map_err(|e| ConfigError::Invalid(vec![error::from_yaml(origin, &e)]))?;
+    validate::validate(raw, text, origin).map_err(ConfigError::Invalid)
+}
+
+/// The one place that knows the YAML library.
+fn parse(text: &str) -> Result<raw::RawConfig, serde_yaml::Error> {
+    serde_yaml::from_str(text)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,176 @@
+//! A field-for-field mirror of `lb.yaml`: unknown keys rejected, defaults filled, no logic.
+//! Rules that span fields live in `validate.rs`; keep `lb.yaml`'s comments in step with this file.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::value::{
+    Address, BindAddr, KeySpec, MaxConnections, MaxHeaderBytes, Name, Retries, Span, Vnodes,
+    Weight, Workers,
+};
+
+/// Ring points per unit of weight when `hash.vnodes` is absent (nginx's `hash ... consistent` uses 160).
+pub const DEFAULT_VNODES: u32 = 160;
+/// Extra attempts when `retries` is absent.
+pub const DEFAULT_RETRIES: u32 = 2;
+/// Client connections open at once when `limits.max_connections` is absent.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Largest request head when `limits.max_header_bytes` is absent (64 KiB, as HAProxy's default buffer).
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 65_536;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Where clients connect.
+    pub listeners: Vec<RawListener>,
+    /// How requests map to the ring.
+    #[serde(default)]
+    pub hash: RawHash,
+    /// The ring's members.
+    pub backends: Vec<RawBackend>,
+    /// Time limits.
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    /// Extra attempts on the next backends of a key's failover order.
+    #[serde(default = "default_retries")]
+    pub retries: Retries,
+    /// Resource limits.
+    #[serde(default)]
+    pub limits: RawLimits,
+    /// Runtime worker threads.
+    #[serde(default = "default_workers")]
+    pub workers: Workers,
+}
+
+/// One `listeners[]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    /// Address and port to listen on.
+    pub bind: BindAddr,
+}
+
+/// The `hash` block.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHash {
+    /// Sources of the request key, tried in order.
+    #[serde(default)]
+    pub key: KeySpec,
+    /// Ring points per unit of weight.
+    #[serde(default = "default_vnodes")]
+    pub vnodes: Vnodes,
+}
+
+impl Default for RawHash {
+    fn default() -> Self {
+        RawHash {
+            key: KeySpec::default(),
+            vnodes: default_vnodes(),
+        }
+    }
+}
+
+/// One `backends[]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    /// Stable identity on the ring; defaults to the address.
+    #[serde(default)]
+    pub name: Option<Name>,
+    /// Where to connect.
+    pub address: Address,
+    /// Relative share of keys; 0 drains.
+    #[serde(default = "default_weight")]
+    pub weight: Weight,
+}
+
+/// The `timeouts` block.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    /// TCP connect to a backend.
+    #[serde(default = "default_connect")]
+    pub connect: Span,
+    /// From sending the request until the backend's response headers arrive.
+    #[serde(default = "default_response")]
+    pub response: Span,
+    /// A client must send its whole request head within this time.
+    #[serde(default = "default_client_header")]
+    pub client_header: Span,
+    /// Keep-alive idle time on client connections.
+    #[serde(default = "default_idle")]
+    pub idle: Span,
+    /// Drain time after SIGTERM/SIGINT.
+    #[serde(default = "default_shutdown")]
+    pub shutdown: Span,
+}
+
+impl Default for RawTimeouts {
+    fn default() -> Self {
+        RawTimeouts {
+            connect: default_connect(),
+            response: default_response(),
+            client_header: default_client_header(),
+            idle: default_idle(),
+            shutdown: default_shutdown(),
+        }
+    }
+}
+
+/// The `limits` block.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Client connections open at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: MaxConnections,
+    /// Largest request head.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: MaxHeaderBytes,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            max_connections: default_max_connections(),
+            max_header_bytes: default_max_header_bytes(),
+        }
+    }
+}
+
+fn default_vnodes() -> Vnodes {
+    Vnodes(DEFAULT_VNODES)
+}
+fn default_weight() -> Weight {
+    Weight(1)
+}
+fn default_retries() -> Retries {
+    Retries(DEFAULT_RETRIES)
+}
+fn default_workers() -> Workers {
+    Workers(0)
+}
+fn default_max_connections() -> MaxConnections {
+    MaxConnections(DEFAULT_MAX_CONNECTIONS)
+}
+fn default_max_header_bytes() -> MaxHeaderBytes {
+    MaxHeaderBytes(DEFAULT_MAX_HEADER_BYTES)
+}
+fn default_connect() -> Span {
+    Span(Duration::from_secs(2))
+}
+fn default_response() -> Span {
+    Span(Duration::from_secs(30))
+}
+fn default_client_header() -> Span {
+    Span(Duration::from_secs(10))
+}
+fn default_idle() -> Span {
+    Span(Duration::from_secs(60))
+}
+fn default_shutdown() -> Span {
+    Span(Duration::from_secs(30))
+}

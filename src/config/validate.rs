@@ -1,0 +1,202 @@
+//! Raw config -> `Config`: rules that span fields (unique names, overlapping binds,
+//! non-empty lists), each failure reported with the position of the field it names.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use super::error::Diagnostic;
+use super::raw::RawConfig;
+use super::{Backend, Config, Hash, Limits, Listener, Timeouts};
+
+/// One step of a field path.
+#[derive(Debug, Clone, Copy)]
+enum Seg<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// Validates `raw` as a whole; `text` is the file it came from, re-read only to place errors.
+pub(crate) fn validate(
+    raw: RawConfig,
+    text: &str,
+    origin: &str,
+) -> Result<Config, Vec<Diagnostic>> {
+    let mut problems = Vec::new();
+    let mut fail = |path: &[Seg], message: String| {
+        problems.push(Diagnostic {
+            origin: origin.to_owned(),
+            position: locate(text, path),
+            message: format!("{}: {message}", PathText(path)),
+        });
+    };
+
+    if raw.listeners.is_empty() {
+        fail(
+            &[Seg::Key("listeners")],
+            "expected at least one listener".into(),
+        );
+    }
+    if raw.backends.is_empty() {
+        fail(
+            &[Seg::Key("backends")],
+            "expected at least one backend".into(),
+        );
+    }
+
+    let mut binds: Vec<SocketAddr> = Vec::with_capacity(raw.listeners.len());
+    for (i, l) in raw.listeners.iter().enumerate() {
+        if let Some(j) = binds.iter().position(|b| overlaps(*b, l.bind.0)) {
+            fail(
+                &[Seg::Key("listeners"), Seg::Index(i), Seg::Key("bind")],
+                format!("{} overlaps listeners[{j}].bind ({})", l.bind.0, binds[j]),
+            );
+        }
+        binds.push(l.bind.0);
+    }
+
+    let mut names: HashMap<String, usize> = HashMap::with_capacity(raw.backends.len());
+    let mut backends = Vec::with_capacity(raw.backends.len());
+    for (i, b) in raw.backends.into_iter().enumerate() {
+        let (name, field) = match b.name {
+            Some(n) => (n.0, "name"),
+            None => (b.address.to_string(), "address"),
+        };
+        if let Some(&j) = names.get(&name) {
+            fail(
+                &[Seg::Key("backends"), Seg::Index(i), Seg::Key(field)],
+                format!(
+                    "duplicate backend name {name:?} (also backends[{j}]); names must be unique"
+                ),
+            );
+        } else {
+            names.insert(name.clone(), i);
+        }
+        backends.push(Backend {
+            name: Arc::from(name),
+            address: b.address,
+            weight: b.weight.0,
+        });
+    }
+
+    let t = &raw.timeouts;
+    for (key, span) in [
+        ("connect", t.connect),
+        ("response", t.response),
+        ("client_header", t.client_header),
+        ("idle", t.idle),
+    ] {
+        if span.0.is_zero() {
+            fail(
+                &[Seg::Key("timeouts"), Seg::Key(key)],
+                "expected a duration greater than 0".into(),
+            );
+        }
+    }
+
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(Config {
+        origin: origin.to_owned(),
+        listeners: binds.into_iter().map(|bind| Listener { bind }).collect(),
+        hash: Hash {
+            key: raw.hash.key.0,
+            vnodes: raw.hash.vnodes.0,
+        },
+        backends,
+        timeouts: Timeouts {
+            connect: t.connect.0,
+            response: t.response.0,
+            client_header: t.client_header.0,
+            idle: t.idle.0,
+            shutdown: t.shutdown.0,
+        },
+        retries: raw.retries.0,
+        limits: Limits {
+            max_connections: raw.limits.max_connections.0,
+            max_header_bytes: raw.limits.max_header_bytes.0,
+        },
+        workers: raw.workers.0,
+    })
+}
+
+/// Two binds collide when the ports match and the IPs match or one is the wildcard
+/// of the same family: the second `bind()` would fail with "address in use".
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+struct PathText<'a>(&'a [Seg<'a>]);
+
+impl fmt::Display for PathText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        for (i, s) in self.0.iter().enumerate() {
+            match s {
+                Seg::Key(k) if i == 0 => f.write_str(k)?,
+                Seg::Key(k) => write!(f, ".{k}")?,
+                Seg::Index(n) => write!(f, "[{n}]")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Finds the line and column of the node at `path` by walking the YAML again and
+/// failing inside the target's visitor, which is where serde_yaml records a position.
+fn locate(text: &str, path: &[Seg]) -> Option<(usize, usize)> {
+    let err = Locate(path)
+        .deserialize(serde_yaml::Deserializer::from_str(text))
+        .err()?;
+    err.location().map(|l| (l.line(), l.column()))
+}
+
+struct Locate<'a>(&'a [Seg<'a>]);
+
+impl<'de> DeserializeSeed<'de> for Locate<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Locate<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("the located node")
+    }
+
+    // Every scalar visit on the target (or on a mismatching node) falls back to
+    // serde's default, which errors here, so the position is the node's own.
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let Some((Seg::Key(want), rest)) = self.0.split_first() else {
+            return Err(de::Error::custom("here"));
+        };
+        while let Some(key) = map.next_key::<String>()? {
+            if key == *want {
+                return map.next_value_seed(Locate(rest));
+            }
+            map.next_value::<IgnoredAny>()?;
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let Some((Seg::Index(want), rest)) = self.0.split_first() else {
+            return Err(de::Error::custom("here"));
+        };
+        for _ in 0..*want {
+            if seq.next_element::<IgnoredAny>()?.is_none() {
+                return Ok(());
+            }
+        }
+        seq.next_element_seed(Locate(rest)).map(|_| ())
+    }
+}

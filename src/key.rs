@@ -1,0 +1,193 @@
+//! Request -> hash: finds the key bytes named by `hash.key` in a request and hashes them
+//! with xxh3. Borrows from the request; no allocation.
+
+use std::net::IpAddr;
+
+use http::header::{COOKIE, HOST};
+use http::request::Parts;
+
+use crate::config::KeySource;
+use crate::ring::hash_key;
+
+/// Longest host name hashed after lowercasing (DNS names stop at 253).
+const MAX_HOST: usize = 255;
+
+/// The hash of the first present source, or of the path when none is.
+pub fn hash(parts: &Parts, peer: IpAddr, sources: &[KeySource]) -> u64 {
+    sources
+        .iter()
+        .find_map(|s| hash_source(parts, peer, s))
+        .unwrap_or_else(|| hash_key(parts.uri.path().as_bytes()))
+}
+
+/// The hash of one source, `None` when the request does not carry it (or it is empty).
+pub fn hash_source(parts: &Parts, peer: IpAddr, source: &KeySource) -> Option<u64> {
+    match source {
+        KeySource::Path => Some(hash_key(parts.uri.path().as_bytes())),
+        KeySource::Uri => {
+            let uri = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+            Some(hash_key(uri.as_bytes()))
+        }
+        KeySource::Host => host(parts).map(hash_host),
+        KeySource::ClientIp => Some(match peer {
+            IpAddr::V4(v4) => hash_key(&v4.octets()),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => hash_key(&v4.octets()),
+                None => hash_key(&v6.octets()),
+            },
+        }),
+        KeySource::Header(name) => parts
+            .headers
+            .get(name)
+            .map(|v| v.as_bytes())
+            .filter(|v| !v.is_empty())
+            .map(hash_key),
+        KeySource::Cookie(name) => parts
+            .headers
+            .get_all(COOKIE)
+            .iter()
+            .find_map(|v| cookie(v.as_bytes(), name.as_bytes()))
+            .map(hash_key),
+        KeySource::Query(name) => parts
+            .uri
+            .query()
+            .and_then(|q| query_param(q.as_bytes(), name.as_bytes()))
+            .map(hash_key),
+    }
+}
+
+/// The request's host: the Host header, or the HTTP/2 `:authority`.
+pub fn host(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+        .filter(|h| !h.is_empty())
+}
+
+/// Hosts compare case-insensitively and without the port, as nginx's `$host`.
+fn hash_host(host: &str) -> u64 {
+    let name = strip_port(host).as_bytes();
+    let mut buf = [0u8; MAX_HOST];
+    let n = name.len().min(MAX_HOST);
+    for (d, s) in buf[..n].iter_mut().zip(name) {
+        *d = s.to_ascii_lowercase();
+    }
+    hash_key(&buf[..n])
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // [v6]:port
+        return host.find(']').map_or(host, |i| &host[..=i]);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+/// The value of cookie `name` in one `Cookie` header (`a=1; b=2`).
+fn cookie<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    header.split(|&b| b == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        let (k, v) = (&pair[..eq], &pair[eq + 1..]);
+        let v = v
+            .strip_prefix(b"\"")
+            .and_then(|v| v.strip_suffix(b"\""))
+            .unwrap_or(v);
+        (k == name && !v.is_empty()).then_some(v)
+    })
+}
+
+/// The raw value of query parameter `name` (`a=1&b=2`); the first one wins.
+fn query_param<'a>(query: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    query.split(|&b| b == b'&').find_map(|pair| {
+        let (k, v) = match pair.iter().position(|&b| b == b'=') {
+            Some(eq) => (&pair[..eq], &pair[eq + 1..]),
+            None => (pair, &[][..]),
+        };
+        (k == name && !v.is_empty()).then_some(v)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Request;
+    use std::net::Ipv4Addr;
+
+    fn parts(uri: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut b = Request::builder().uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    const PEER: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3));
+
+    #[test]
+    fn each_source_hashes_its_own_bytes() {
+        let p = parts(
+            "/a/b?id=42&x=",
+            &[
+                ("host", "Example.COM:8080"),
+                ("x-user", "u7"),
+                ("cookie", "a=1; sid=\"s9\""),
+            ],
+        );
+        let h = |s: &str| hash_source(&p, PEER, &KeySource::parse(s).unwrap());
+        assert_eq!(h("path"), Some(hash_key(b"/a/b")));
+        assert_eq!(h("uri"), Some(hash_key(b"/a/b?id=42&x=")));
+        assert_eq!(h("host"), Some(hash_key(b"example.com")));
+        assert_eq!(h("client_ip"), Some(hash_key(&[10, 1, 2, 3])));
+        assert_eq!(h("header:X-User"), Some(hash_key(b"u7")));
+        assert_eq!(h("cookie:sid"), Some(hash_key(b"s9")));
+        assert_eq!(h("query:id"), Some(hash_key(b"42")));
+        assert_eq!(h("query:x"), None, "empty values are absent");
+        assert_eq!(h("query:nope"), None);
+        assert_eq!(h("header:x-none"), None);
+        assert_eq!(h("cookie:a1"), None);
+    }
+
+    #[test]
+    fn a_list_falls_through_to_the_first_present_then_the_path() {
+        let p = parts("/p?q=1", &[("x-b", "bee")]);
+        let list = |s: &[&str]| {
+            s.iter()
+                .map(|s| KeySource::parse(s).unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            hash(&p, PEER, &list(&["header:x-a", "header:x-b"])),
+            hash_key(b"bee")
+        );
+        assert_eq!(
+            hash(&p, PEER, &list(&["header:x-a", "cookie:c"])),
+            hash_key(b"/p")
+        );
+    }
+
+    #[test]
+    fn hosts_ignore_case_and_port() {
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        assert_eq!(strip_port("a.b"), "a.b");
+        let a = parts("/", &[("host", "A.example:81")]);
+        let b = parts("http://a.example/", &[]);
+        let src = KeySource::Host;
+        assert_eq!(hash_source(&a, PEER, &src), hash_source(&b, PEER, &src));
+    }
+
+    #[test]
+    fn v4_mapped_clients_hash_as_v4() {
+        let p = parts("/", &[]);
+        let mapped: IpAddr = "::ffff:10.1.2.3".parse().unwrap();
+        assert_eq!(
+            hash_source(&p, mapped, &KeySource::ClientIp),
+            hash_source(&p, PEER, &KeySource::ClientIp)
+        );
+    }
+}

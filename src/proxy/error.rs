@@ -1,0 +1,99 @@
+//! ProxyError: why a request got no backend answer, and the one place that picks its status.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{header, HeaderValue, Response, StatusCode};
+
+use super::body::ProxyBody;
+use crate::upstream::ConnectError;
+
+/// A request that ends with an answer from the proxy itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The request itself is malformed: the client's fault.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// The client's body broke while being streamed to `backend`.
+    #[error("client body failed while sending to {backend}: {source}")]
+    ClientBody {
+        /// Where the body was going.
+        backend: Arc<str>,
+        /// hyper's error, whose cause is the client body.
+        #[source]
+        source: hyper::Error,
+    },
+    /// No backend owns the key (every weight is 0) or every candidate is out.
+    #[error("no healthy backend")]
+    NoHealthyBackend,
+    /// Every attempt failed to connect.
+    #[error("{backend} unreachable after {attempts} attempt(s): {source}")]
+    ConnectFailed {
+        /// The last backend tried.
+        backend: Arc<str>,
+        /// Attempts made.
+        attempts: u32,
+        /// The last connect error.
+        #[source]
+        source: ConnectError,
+    },
+    /// The request reached `backend` but the exchange failed before a response.
+    #[error("{backend} failed: {source}")]
+    Upstream {
+        /// The backend.
+        backend: Arc<str>,
+        /// hyper's error.
+        #[source]
+        source: hyper::Error,
+    },
+    /// No response headers within `timeouts.response`.
+    #[error("{backend} sent no response headers within {after:?}")]
+    Timeout {
+        /// The backend.
+        backend: Arc<str>,
+        /// The configured limit.
+        after: Duration,
+    },
+}
+
+impl ProxyError {
+    /// Who failed decides the status: the client 400, the backend 502/504, nobody left 503.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) | ProxyError::ClientBody { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::NoHealthyBackend => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::ConnectFailed { .. } | ProxyError::Upstream { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Short fixed text for the client; the details go to the log only.
+    fn body(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(why) => why,
+            ProxyError::ClientBody { .. } => "400 bad request: the request body is malformed\n",
+            ProxyError::NoHealthyBackend => "503 service unavailable: no healthy backend\n",
+            ProxyError::ConnectFailed { .. } => "502 bad gateway: backend unreachable\n",
+            ProxyError::Upstream { .. } => "502 bad gateway: backend failed to answer\n",
+            ProxyError::Timeout { .. } => "504 gateway timeout: backend did not answer in time\n",
+        }
+    }
+
+    /// The answer sent to the client.
+    pub fn to_response(&self) -> Response<ProxyBody> {
+        let mut res = Response::new(ProxyBody::text(self.body()));
+        *res.status_mut() = self.status();
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if self.status() == StatusCode::BAD_REQUEST {
+            // A malformed request leaves the connection in doubt.
+            res.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        res
+    }
+}

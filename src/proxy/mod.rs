@@ -1,0 +1,210 @@
+//! The request path: one snapshot per request -> key -> failover walk -> upstream ->
+//! response, with retries only where the backend cannot have seen the request.
+
+pub mod body;
+pub mod error;
+pub mod headers;
+pub mod upgrade;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use tracing::{debug, warn};
+
+use crate::backend::BackendState;
+use crate::snapshot::{Live, Snapshot};
+use crate::upstream::ConnectError;
+use body::{ClientBody, ClientBodyError, ProxyBody, UpstreamBody};
+pub use error::ProxyError;
+
+/// `X-Forwarded-Proto` on plain listeners.
+const PROTO_HTTP: &str = "http";
+
+/// Serves one client request; never fails, errors become their status and a short text.
+pub async fn handle(live: &Live, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    // This request's config, start to finish, whatever reloads happen meanwhile.
+    let snap = live.load_full();
+    match forward(&snap, req, peer).await {
+        Ok(res) => res,
+        Err(e) => {
+            match &e {
+                ProxyError::BadRequest(_) | ProxyError::ClientBody { .. } => {
+                    debug!(client = %peer, error = %e, "rejected")
+                }
+                _ => warn!(client = %peer, error = %e, "request failed"),
+            }
+            e.to_response()
+        }
+    }
+}
+
+async fn forward(
+    snap: &Snapshot,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let (mut parts, body) = req.into_parts();
+    let host = request_host(&parts)?;
+    let hash = crate::key::hash(&parts, peer.ip(), &snap.config.hash.key);
+
+    let upgrade = if upgrade::is_requested(&parts) {
+        parts
+            .extensions
+            .remove::<OnUpgrade>()
+            .zip(parts.headers.get(header::UPGRADE).cloned())
+    } else {
+        None
+    };
+    headers::remove_hop_by_hop(&mut parts.headers);
+    if let Some((_, protocol)) = &upgrade {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, protocol.clone());
+    }
+    if !parts.headers.contains_key(header::HOST) {
+        // HTTP/2 carries the host as :authority; HTTP/1.1 backends need it as Host.
+        if let Some(h) = &host {
+            parts.headers.insert(header::HOST, h.clone());
+        }
+    }
+    headers::add_forwarded(&mut parts.headers, peer.ip(), PROTO_HTTP, host);
+    parts.uri = origin_form(&parts.uri);
+    parts.version = Version::HTTP_11;
+    let mut req = Some(Request::from_parts(parts, ClientBody::new(body)));
+
+    let timeouts = &snap.config.timeouts;
+    let max_attempts = snap.config.retries.saturating_add(1);
+    let mut attempts = 0;
+    let mut last: Option<(Arc<str>, ConnectError)> = None;
+    for id in snap.ring.failover(hash) {
+        if attempts == max_attempts {
+            break;
+        }
+        attempts += 1;
+        let backend = snap.backend(id);
+        let outgoing = req.take().ok_or(ProxyError::NoHealthyBackend)?;
+        match send(backend, outgoing, timeouts).await {
+            Sent::Response(mut res, sender) => {
+                if let Some((client, _)) = upgrade {
+                    if res.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                        upgrade::tunnel(client, &mut res, backend.name.clone());
+                        let (parts, _) = res.into_parts();
+                        return Ok(Response::from_parts(parts, ProxyBody::empty()));
+                    }
+                }
+                let (mut parts, body) = res.into_parts();
+                headers::remove_hop_by_hop(&mut parts.headers);
+                let body = UpstreamBody::new(body, Some((backend.clone(), sender)));
+                return Ok(Response::from_parts(parts, ProxyBody::Upstream(body)));
+            }
+            Sent::NotSent(back, e) => {
+                debug!(backend = %backend.name, error = %e, "not sent, trying the next backend");
+                req = Some(back);
+                last = Some((backend.name.clone(), e));
+            }
+            Sent::Failed(e) => return Err(e),
+        }
+    }
+    match last {
+        Some((backend, source)) => Err(ProxyError::ConnectFailed {
+            backend,
+            attempts,
+            source,
+        }),
+        None => Err(ProxyError::NoHealthyBackend),
+    }
+}
+
+/// How one attempt on one backend ended.
+enum Sent {
+    Response(Response<Incoming>, crate::upstream::Sender),
+    /// The backend cannot have seen the request; it comes back for the next backend.
+    NotSent(Request<ClientBody>, ConnectError),
+    Failed(ProxyError),
+}
+
+async fn send(
+    backend: &Arc<BackendState>,
+    mut req: Request<ClientBody>,
+    t: &crate::config::Timeouts,
+) -> Sent {
+    loop {
+        let (mut sender, reused) = match backend.pool.checkout(&backend.address, t.connect).await {
+            Ok(c) => c,
+            Err(e) => return Sent::NotSent(req, e),
+        };
+        let exchange = tokio::time::timeout(t.response, sender.try_send_request(req)).await;
+        match exchange {
+            Ok(Ok(res)) => return Sent::Response(res, sender),
+            Err(_) => {
+                return Sent::Failed(ProxyError::Timeout {
+                    backend: backend.name.clone(),
+                    after: t.response,
+                })
+            }
+            Ok(Err(mut e)) => match e.take_message() {
+                // Not written: a pooled connection went stale between checks; take another.
+                Some(back) if reused => req = back,
+                Some(back) => {
+                    let source = std::io::Error::other(e.into_error());
+                    return Sent::NotSent(
+                        back,
+                        ConnectError::Io {
+                            address: backend.address.to_string(),
+                            source,
+                        },
+                    );
+                }
+                None => {
+                    let source = e.into_error();
+                    let backend = backend.name.clone();
+                    return Sent::Failed(if ClientBodyError::is_cause_of(&source) {
+                        ProxyError::ClientBody { backend, source }
+                    } else {
+                        ProxyError::Upstream { backend, source }
+                    });
+                }
+            },
+        }
+    }
+}
+
+/// The host the client addressed. HTTP/1.1 requires exactly one `Host` (RFC 9112 §3.2);
+/// HTTP/2 may carry it as `:authority` instead.
+fn request_host(parts: &http::request::Parts) -> Result<Option<HeaderValue>, ProxyError> {
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest(
+            "400 bad request: more than one Host header\n",
+        ));
+    }
+    match (first, parts.uri.authority()) {
+        (Some(h), _) => Ok(Some(h.clone())),
+        (None, Some(a)) => Ok(HeaderValue::from_str(a.as_str()).ok()),
+        (None, None) if parts.version == Version::HTTP_11 || parts.version == Version::HTTP_2 => {
+            Err(ProxyError::BadRequest(
+                "400 bad request: missing Host header\n",
+            ))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// The request target as sent to an HTTP/1.1 origin: path and query only.
+fn origin_form(uri: &Uri) -> Uri {
+    if uri.scheme().is_none() && uri.authority().is_none() {
+        return uri.clone();
+    }
+    let pq = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    Uri::from(pq)
+}

@@ -1,0 +1,88 @@
+//! The live configuration: one immutable `Snapshot` (config, ring, backend states)
+//! behind one `ArcSwap`, read without locks by every request. The only module that
+//! knows how those pieces are assembled.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::backend::BackendState;
+use crate::config::Config;
+use crate::ring::{BackendId, Member, Ring, RingError};
+
+/// Everything a request reads, swapped whole.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Goes up by one with every successful load.
+    pub generation: u64,
+    /// The validated config.
+    pub config: Config,
+    /// Built from `config.backends` and `config.hash.vnodes`.
+    pub ring: Ring,
+    /// Indexed by `BackendId`, in `config.backends` order.
+    pub backends: Vec<Arc<BackendState>>,
+}
+
+/// The live snapshot.
+pub type Live = ArcSwap<Snapshot>;
+
+impl Snapshot {
+    /// Builds the snapshot for `config`, reusing the state of every backend of
+    /// `previous` whose name and address stay, so pooled connections carry over.
+    ///
+    /// # Errors
+    /// `RingError` when the ring cannot be built.
+    pub fn build(config: Config, previous: Option<&Snapshot>) -> Result<Snapshot, RingError> {
+        let backends: Vec<Arc<BackendState>> = config
+            .backends
+            .iter()
+            .map(|b| {
+                previous
+                    .and_then(|p| {
+                        p.backends
+                            .iter()
+                            .find(|s| s.name == b.name && s.address == b.address)
+                    })
+                    .cloned()
+                    .unwrap_or_else(|| BackendState::new(b.name.clone(), b.address.clone()))
+            })
+            .collect();
+        let members = config
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                Ok(Member {
+                    id: BackendId::try_from(i).map_err(|_| RingError::TooManyPoints(i as u64))?,
+                    name: &b.name,
+                    weight: b.weight,
+                })
+            })
+            .collect::<Result<Vec<_>, RingError>>()?;
+        let ring = Ring::build(&members, config.hash.vnodes)?;
+        Ok(Snapshot {
+            generation: previous.map_or(1, |p| p.generation + 1),
+            config,
+            ring,
+            backends,
+        })
+    }
+
+    /// The backend behind a ring id.
+    ///
+    /// # Panics
+    /// Never for ids from `self.ring`: the ring is built from `self.backends`' indices.
+    pub fn backend(&self, id: BackendId) -> &Arc<BackendState> {
+        &self.backends[id.index()]
+    }
+
+    /// Each backend's exact share of the key space, in `config.backends` order.
+    pub fn shares(&self) -> Vec<f64> {
+        self.ring.shares(self.backends.len())
+    }
+
+    /// The ring's fingerprint: equal on every process that maps keys identically.
+    pub fn ring_fingerprint(&self) -> u64 {
+        self.ring.fingerprint(|id| &self.backends[id.index()].name)
+    }
+}

@@ -1,0 +1,133 @@
+//! Connections to backends: HTTP/1.1 keep-alive pools, connect with a timeout, and the
+//! "was the request sent?" answer that decides whether a retry is safe. No routing.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use crate::config::Address;
+use crate::proxy::body::ClientBody;
+
+/// Idle connections kept per backend; more are closed when returned. Enough for a
+/// busy proxy's concurrency to one backend without holding sockets forever.
+pub const MAX_IDLE_PER_BACKEND: usize = 512;
+
+/// The sending half of one upstream connection.
+pub type Sender = SendRequest<ClientBody>;
+
+/// Idle keep-alive connections to one backend.
+#[derive(Debug, Default)]
+pub struct Pool {
+    idle: Mutex<Vec<Sender>>,
+}
+
+/// Why no connection could be made; the request was not sent, so it may go elsewhere.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The TCP connect or HTTP/1 handshake failed.
+    #[error("connect to {address} failed: {source}")]
+    Io {
+        /// The backend address.
+        address: String,
+        /// What the OS or hyper said.
+        #[source]
+        source: io::Error,
+    },
+    /// `timeouts.connect` passed first.
+    #[error("connect to {address} timed out after {after:?}")]
+    Timeout {
+        /// The backend address.
+        address: String,
+        /// The configured limit.
+        after: Duration,
+    },
+}
+
+impl Pool {
+    /// A ready connection: an idle one if any is still open, else a new one.
+    /// `reused` tells the caller a failure to send may just mean the idle one went stale.
+    ///
+    /// # Errors
+    /// `ConnectError` when a new connection cannot be made within `timeout`.
+    pub async fn checkout(
+        &self,
+        address: &Address,
+        timeout: Duration,
+    ) -> Result<(Sender, bool), ConnectError> {
+        while let Some(mut sender) = self.pop() {
+            // A connection returns at the end of its response body; hyper may need a
+            // moment to mark it idle again, or may find the backend closed it.
+            if sender.is_closed() {
+                continue;
+            }
+            if sender.ready().await.is_ok() {
+                return Ok((sender, true));
+            }
+        }
+        let sender = tokio::time::timeout(timeout, connect(address))
+            .await
+            .map_err(|_| ConnectError::Timeout {
+                address: address.to_string(),
+                after: timeout,
+            })?
+            .map_err(|source| ConnectError::Io {
+                address: address.to_string(),
+                source,
+            })?;
+        Ok((sender, false))
+    }
+
+    /// Returns a connection whose response has been read to the end.
+    pub fn checkin(&self, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < MAX_IDLE_PER_BACKEND {
+                idle.push(sender);
+            }
+        }
+    }
+
+    fn pop(&self) -> Option<Sender> {
+        self.idle.lock().ok()?.pop()
+    }
+}
+
+async fn connect(address: &Address) -> io::Result<Sender> {
+    let stream = match address.ip() {
+        Some(sa) => TcpStream::connect(sa).await?,
+        None => {
+            connect_any(tokio::net::lookup_host((address.host(), address.port())).await?).await?
+        }
+    };
+    stream.set_nodelay(true)?;
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(io::Error::other)?;
+    let peer = address.to_string();
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            debug!(backend = %peer, error = %e, "upstream connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+async fn connect_any(addrs: impl Iterator<Item = SocketAddr>) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address");
+    for sa in addrs {
+        match TcpStream::connect(sa).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
