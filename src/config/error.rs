@@ -41,6 +41,15 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
+    /// The file holds nothing but blank lines and comments.
+    pub(crate) fn empty(origin: &str) -> Self {
+        ConfigError::Invalid(vec![Diagnostic {
+            origin: origin.to_owned(),
+            position: None,
+            message: "the file is empty; expected at least `listeners` and `backends`".to_owned(),
+        }])
+    }
+
     /// The problems, one per line as printed.
     pub fn diagnostics(&self) -> &[Diagnostic] {
         match self {
@@ -72,11 +81,6 @@ pub(crate) fn from_yaml(origin: &str, err: &serde_yaml::Error) -> Diagnostic {
     let message = match position {
         Some((line, col)) => text.replacen(&format!(" at line {line} column {col}"), "", 1),
         None => text,
-    };
-    let message = if message == "EOF while parsing a value" {
-        "the file is empty; expected at least `listeners` and `backends`".to_owned()
-    } else {
-        message
     };
     Diagnostic {
         origin: origin.to_owned(),

@@ -106,6 +106,13 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// # Errors
 /// `ConfigError::Invalid` with every problem found.
 pub fn from_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    if text
+        .lines()
+        .map(str::trim)
+        .all(|l| l.is_empty() || l.starts_with('#'))
+    {
+        return Err(ConfigError::empty(origin));
+    }
     let raw = parse(text).map_err(|e| ConfigError::Invalid(vec![error::from_yaml(origin, &e)]))?;
     validate::validate(raw, text, origin).map_err(ConfigError::Invalid)
 }
