@@ -1,0 +1,44 @@
+//! WebSocket through the proxy: the Upgrade is tunnelled to the key's backend and
+//! frames echo both ways.
+
+mod common;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn a_websocket_echoes_through_the_proxy_on_the_keys_backend() {
+    let (a, b, c) = (
+        TestBackend::spawn("a").await,
+        TestBackend::spawn("b").await,
+        TestBackend::spawn("c").await,
+    );
+    let proxy = TestProxy::spawn(&yaml_for(
+        &[("a", a.addr, 1), ("b", b.addr, 1), ("c", c.addr, 1)],
+        "hash:\n  key: query:room\n",
+    ))
+    .await;
+    for room in ["lobby", "kitchen", "attic", "cellar"] {
+        let owner = proxy.route(room.as_bytes())[0].clone();
+        let stream = TcpStream::connect(proxy.addr).await.unwrap();
+        let url = format!("ws://{}/ws?room={room}", proxy.addr);
+        let (mut ws, res) = tokio_tungstenite::client_async(url, stream)
+            .await
+            .expect("websocket handshake through the proxy");
+        assert_eq!(res.status(), 101);
+        assert_eq!(res.headers()["x-backend"], owner.as_str());
+        for i in 0..20 {
+            ws.send(Message::Text(format!("hello {i}"))).await.unwrap();
+            let reply = ws.next().await.expect("an echo").expect("a frame");
+            assert_eq!(reply, Message::Text(format!("{owner}: hello {i}")));
+        }
+        let big = vec![7u8; 1 << 20];
+        ws.send(Message::Binary(big.clone())).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::Binary(big));
+        ws.close(None).await.unwrap();
+    }
+    // Plain requests on the same proxy keep working around the tunnels.
+    assert_eq!(proxy.get("/after").await.status, 200);
+}
