@@ -90,7 +90,7 @@ async fn forward(
         let backend = snap.backend(id);
         let outgoing = req.take().ok_or(ProxyError::NoHealthyBackend)?;
         match send(backend, outgoing, timeouts).await {
-            Sent::Response(mut res, sender) => {
+            Attempt::Response(mut res, sender) => {
                 if let Some((client, _)) = upgrade {
                     if res.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                         upgrade::tunnel(client, &mut res, backend.name.clone());
@@ -103,12 +103,12 @@ async fn forward(
                 let body = UpstreamBody::new(body, Some((backend.clone(), sender)));
                 return Ok(Response::from_parts(parts, ProxyBody::Upstream(body)));
             }
-            Sent::NotSent(back, e) => {
+            Attempt::Unsent(back, e) => {
                 debug!(backend = %backend.name, error = %e, "not sent, trying the next backend");
                 req = Some(back);
                 last = Some((backend.name.clone(), e));
             }
-            Sent::Failed(e) => return Err(e),
+            Attempt::Failed(e) => return Err(e),
         }
     }
     match last {
@@ -122,10 +122,10 @@ async fn forward(
 }
 
 /// How one attempt on one backend ended.
-enum Sent {
+enum Attempt {
     Response(Response<Incoming>, crate::upstream::Sender),
     /// The backend cannot have seen the request; it comes back for the next backend.
-    NotSent(Request<ClientBody>, ConnectError),
+    Unsent(Request<ClientBody>, ConnectError),
     Failed(ProxyError),
 }
 
@@ -133,17 +133,17 @@ async fn send(
     backend: &Arc<BackendState>,
     mut req: Request<ClientBody>,
     t: &crate::config::Timeouts,
-) -> Sent {
+) -> Attempt {
     loop {
         let (mut sender, reused) = match backend.pool.checkout(&backend.address, t.connect).await {
             Ok(c) => c,
-            Err(e) => return Sent::NotSent(req, e),
+            Err(e) => return Attempt::Unsent(req, e),
         };
         let exchange = tokio::time::timeout(t.response, sender.try_send_request(req)).await;
         match exchange {
-            Ok(Ok(res)) => return Sent::Response(res, sender),
+            Ok(Ok(res)) => return Attempt::Response(res, sender),
             Err(_) => {
-                return Sent::Failed(ProxyError::Timeout {
+                return Attempt::Failed(ProxyError::Timeout {
                     backend: backend.name.clone(),
                     after: t.response,
                 })
@@ -153,7 +153,7 @@ async fn send(
                 Some(back) if reused => req = back,
                 Some(back) => {
                     let source = std::io::Error::other(e.into_error());
-                    return Sent::NotSent(
+                    return Attempt::Unsent(
                         back,
                         ConnectError::Io {
                             address: backend.address.to_string(),
@@ -164,7 +164,7 @@ async fn send(
                 None => {
                     let source = e.into_error();
                     let backend = backend.name.clone();
-                    return Sent::Failed(if ClientBodyError::is_cause_of(&source) {
+                    return Attempt::Failed(if ClientBodyError::is_cause_of(&source) {
                         ProxyError::ClientBody { backend, source }
                     } else {
                         ProxyError::Upstream { backend, source }

@@ -1,0 +1,239 @@
+//! The `ringlb` binary as ops use it: check, route, ring, run, SIGTERM, bind failure.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn ringlb(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ringlb"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run the ringlb binary")
+}
+
+/// A config file in a fresh temporary folder.
+fn write_config(name: &str, yaml: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ringlb-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create a temp dir");
+    let path = dir.join("lb.yaml");
+    std::fs::write(&path, yaml).expect("write the config");
+    path
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+const THREE: &str = "listeners:\n  - bind: \"127.0.0.1:0\"\nbackends:\n  - name: app-1\n    address: \"127.0.0.1:9001\"\n  - name: app-2\n    address: \"127.0.0.1:9002\"\n  - name: app-3\n    address: \"127.0.0.1:9003\"\n    weight: 2\n";
+
+#[test]
+fn check_prints_a_summary_and_exits_0() {
+    let path = write_config("check-ok", THREE);
+    let out = ringlb(&["check", "--config", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with(&format!(
+            "{}: valid\nlisteners: 127.0.0.1:0\n",
+            path.display()
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("hash: key path, 160 vnodes, 640 points, ring fingerprint "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("app-3  127.0.0.1:9003         weight    2  share "),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_prints_the_error_with_its_position_and_exits_1() {
+    let path = write_config("check-bad", &THREE.replace("weight: 2", "weight: two"));
+    let out = ringlb(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr).trim_end(),
+        format!("{}:10:13: backends[2].weight: invalid type: string \"two\", expected an integer 0..=1000", path.display())
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn the_config_path_comes_from_ringlb_config_when_no_flag_is_given() {
+    let path = write_config("env", THREE);
+    let out = Command::new(env!("CARGO_BIN_EXE_ringlb"))
+        .arg("check")
+        .env("RINGLB_CONFIG", &path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn route_prints_owner_and_failover_order_as_the_ring_has_them() {
+    let path = write_config("route", THREE);
+    let out = ringlb(&[
+        "route",
+        "--config",
+        path.to_str().unwrap(),
+        "/a",
+        "/users/42",
+    ]);
+    assert!(out.status.success());
+    let config = ringlb::config::load(&path).unwrap();
+    let snap = ringlb::snapshot::Snapshot::build(config, None).unwrap();
+    let expected: String = ["/a", "/users/42"]
+        .iter()
+        .map(|k| {
+            let order: Vec<&str> = snap
+                .ring
+                .failover(ringlb::ring::hash_key(k.as_bytes()))
+                .map(|id| &*snap.backend(id).name)
+                .collect();
+            let addr = &snap
+                .backends
+                .iter()
+                .find(|b| &*b.name == order[0])
+                .unwrap()
+                .address;
+            format!(
+                "{k} -> {} ({addr}); failover: {}\n",
+                order[0],
+                order.join(", ")
+            )
+        })
+        .collect();
+    assert_eq!(text(&out.stdout), expected);
+}
+
+#[test]
+fn ring_prints_shares_against_ideal() {
+    let path = write_config("ring", THREE);
+    let out = ringlb(&["ring", "--config", path.to_str().unwrap()]);
+    assert!(out.status.success());
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines[0],
+        "backend  weight   points     share     ideal   ratio"
+    );
+    assert!(
+        lines[3].starts_with("app-3         2      320  "),
+        "{stdout}"
+    );
+    assert!(
+        lines[3].contains("50.00%"),
+        "ideal share of weight 2 in 4: {stdout}"
+    );
+    assert!(lines[4].starts_with("max/mean load: "), "{stdout}");
+}
+
+/// Starts `ringlb --config path` and waits for its "listening" log line.
+fn start(path: &std::path::Path, extra: &[&str]) -> (Child, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringlb"))
+        .args(["--config", path.to_str().unwrap()])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ringlb");
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("ringlb exited before listening")
+            .unwrap();
+        if let Some(at) = line.find("127.0.0.1:") {
+            if line.contains("listening") {
+                let rest = &line[at..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
+                    .unwrap_or(rest.len());
+                break rest[..end]
+                    .parse()
+                    .expect("an address in the listening line");
+            }
+        }
+    };
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+#[tokio::test]
+async fn sigterm_drains_the_request_in_flight_and_exits_0() {
+    let a = TestBackend::spawn("a").await;
+    let path = write_config("run", &yaml_with(&[&a]));
+    let (mut child, addr) = start(&path, &["--log-format", "json"]);
+    let url = format!("http://{addr}/slow?ms=1500");
+    let in_flight = tokio::spawn(async move {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        reply(
+            client
+                .get(url.parse().unwrap())
+                .await
+                .expect("request through the binary"),
+        )
+        .await
+    });
+    wait_until(
+        Duration::from_secs(5),
+        "the request to reach the backend",
+        || async { a.hits() == 1 },
+    )
+    .await;
+    signal(&child, "-TERM");
+    let done = in_flight.await.unwrap();
+    assert_eq!((done.status.as_u16(), done.body.as_str()), (200, "a"));
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn a_taken_port_is_a_clear_error_and_a_nonzero_exit() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let yaml = THREE.replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let path = write_config("taken", &yaml);
+    let out = ringlb(&["--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "ringlb: cannot listen on 127.0.0.1:{port}: Address already in use"
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_missing_config_file_is_an_error() {
+    let out = ringlb(&["check", "--config", "/nonexistent/lb.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).starts_with("/nonexistent/lb.yaml: cannot read the config: "));
+}
