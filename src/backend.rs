@@ -15,7 +15,7 @@ pub struct BackendState {
     /// Where its connections go.
     pub address: Address,
     /// Idle keep-alive connections to it.
-    pub pool: Pool,
+    pub pool: Arc<Pool>,
 }
 
 impl BackendState {
@@ -24,7 +24,7 @@ impl BackendState {
         Arc::new(BackendState {
             name,
             address,
-            pool: Pool::default(),
+            pool: Arc::default(),
         })
     }
 }

@@ -3,7 +3,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::client::conn::http1::{self, SendRequest};
@@ -17,6 +17,10 @@ use crate::proxy::body::ClientBody;
 /// Idle connections kept per backend; more are closed when returned. Enough for a
 /// busy proxy's concurrency to one backend without holding sockets forever.
 pub const MAX_IDLE_PER_BACKEND: usize = 512;
+
+/// How long a returned connection may take to become reusable (e.g. while the rest of
+/// an upload the backend answered early is still being sent) before it is closed.
+const READY_WAIT: Duration = Duration::from_secs(10);
 
 /// The sending half of one upstream connection.
 pub type Sender = SendRequest<ClientBody>;
@@ -60,13 +64,9 @@ impl Pool {
         address: &Address,
         timeout: Duration,
     ) -> Result<(Sender, bool), ConnectError> {
-        while let Some(mut sender) = self.pop() {
-            // A connection returns at the end of its response body; hyper may need a
-            // moment to mark it idle again, or may find the backend closed it.
-            if sender.is_closed() {
-                continue;
-            }
-            if sender.ready().await.is_ok() {
+        // Only ready connections enter the pool; one the backend has closed since is dropped.
+        while let Some(sender) = self.pop() {
+            if sender.is_ready() {
                 return Ok((sender, true));
             }
         }
@@ -83,11 +83,23 @@ impl Pool {
         Ok((sender, false))
     }
 
-    /// Returns a connection whose response has been read to the end.
-    pub fn checkin(&self, sender: Sender) {
-        if sender.is_closed() {
-            return;
+    /// Takes back a connection whose response has been read to the end. One that is not
+    /// ready yet (hyper is finishing the exchange, or still sending the request body)
+    /// waits for readiness in a task of its own, bounded by `READY_WAIT`.
+    pub fn checkin(self: &Arc<Self>, mut sender: Sender) {
+        if sender.is_ready() {
+            self.push(sender);
+        } else if !sender.is_closed() {
+            let pool = Arc::clone(self);
+            tokio::spawn(async move {
+                if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, sender.ready()).await {
+                    pool.push(sender);
+                }
+            });
         }
+    }
+
+    fn push(&self, sender: Sender) {
         if let Ok(mut idle) = self.idle.lock() {
             if idle.len() < MAX_IDLE_PER_BACKEND {
                 idle.push(sender);

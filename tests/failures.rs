@@ -343,3 +343,123 @@ async fn past_max_connections_new_clients_wait_for_a_free_slot() {
         .unwrap();
     assert_eq!(raw_status(&String::from_utf8_lossy(&buf[..n])), Some(200));
 }
+
+#[tokio::test]
+async fn a_backend_answering_before_the_upload_ends_does_not_stall_the_next_request() {
+    let a = TestBackend::spawn("a").await;
+    let proxy = TestProxy::spawn(&yaml_with(&[&a])).await;
+    // An upload the backend answers after its first chunk, and whose client then stalls.
+    let (tx, rx) = tokio::sync::mpsc::channel::<
+        Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
+    >(1);
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    let body = http_body_util::StreamBody::new(Box::pin(stream));
+    tx.send(Ok(hyper::body::Frame::data(Bytes::from_static(b"one"))))
+        .await
+        .unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let res = client
+        .request(Request::post(proxy.url("/first-chunk")).body(body).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(reply(res).await.body, "first chunk true");
+    // The upstream connection is still busy with that upload: it must not be reused.
+    let next = tokio::time::timeout(Duration::from_secs(5), proxy.get("/next"))
+        .await
+        .expect("the next request was not stuck behind the stalled upload");
+    assert_eq!(next.status, 200);
+    drop(tx);
+}
+
+#[tokio::test]
+async fn an_upload_slower_than_the_response_timeout_is_not_a_504() {
+    let a = TestBackend::spawn("a").await;
+    let proxy = TestProxy::spawn(&yaml_for(
+        &[("a", a.addr, 1)],
+        "timeouts:\n  response: 400ms\n",
+    ))
+    .await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<
+        Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
+    >(1);
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    let body = http_body_util::StreamBody::new(Box::pin(stream));
+    tokio::spawn(async move {
+        for i in 0..6u64 {
+            let chunk: Vec<u8> = (i * 1000..(i + 1) * 1000).map(pattern).collect();
+            let _ = tx
+                .send(Ok(hyper::body::Frame::data(Bytes::from(chunk))))
+                .await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let res = client
+        .request(Request::post(proxy.url("/upload")).body(body).unwrap())
+        .await
+        .unwrap();
+    let done = reply(res).await;
+    assert_eq!(
+        (done.status.as_u16(), done.body.as_str()),
+        (200, "received 6000 intact true")
+    );
+}
+
+#[tokio::test]
+async fn a_partial_http2_preface_does_not_hold_a_connection() {
+    let a = TestBackend::spawn("a").await;
+    let proxy = TestProxy::spawn(&yaml_for(
+        &[("a", a.addr, 1)],
+        "timeouts:\n  client_header: 300ms\n",
+    ))
+    .await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    assert!(
+        closed_within(&mut s, Duration::from_secs(3)).await,
+        "a stalled preface kept its connection"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_idle() {
+    let a = TestBackend::spawn("a").await;
+    let proxy = TestProxy::spawn(&yaml_for(
+        &[("a", a.addr, 1)],
+        "timeouts:\n  client_header: 300ms\n  idle: 400ms\n",
+    ))
+    .await;
+    let io = hyper_util::rt::TokioIo::new(TcpStream::connect(proxy.addr).await.unwrap());
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = Request::get(proxy.url("/h2-idle"))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let res = sender.send_request(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("the proxy ended the idle HTTP/2 connection")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn connect_is_answered_501() {
+    let a = TestBackend::spawn("a").await;
+    let proxy = TestProxy::spawn(&yaml_with(&[&a])).await;
+    let text = raw_exchange(
+        proxy.addr,
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&text), Some(501), "{text}");
+    assert_eq!(a.hits(), 0);
+}

@@ -100,3 +100,34 @@ async fn an_h2_request_reaches_the_backend_with_a_host_header() {
     );
     assert_eq!(values(&lines, "x-forwarded-for"), ["127.0.0.1"]);
 }
+
+#[tokio::test]
+async fn split_http2_cookies_reach_the_backend_as_one_header() {
+    let a = TestBackend::spawn("a").await;
+    let proxy = TestProxy::spawn(&yaml_with(&[&a])).await;
+    let io =
+        hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(proxy.addr).await.unwrap());
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get(proxy.url("/echo-headers"))
+        .header("cookie", "a=1")
+        .header("cookie", "sid=s2")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let reply = reply(sender.send_request(req).await.unwrap()).await;
+    let lines = header_lines(&reply.body);
+    assert_eq!(values(&lines, "cookie"), ["a=1; sid=s2"]);
+}
+
+#[tokio::test]
+async fn an_http10_request_without_host_gets_the_backend_address_as_host() {
+    let a = TestBackend::spawn("a").await;
+    let proxy = TestProxy::spawn(&yaml_with(&[&a])).await;
+    let text = raw_exchange(proxy.addr, b"GET /echo-headers HTTP/1.0\r\n\r\n").await;
+    assert_eq!(raw_status(&text), Some(200), "{text}");
+    assert!(text.contains(&format!("\nhost: {}\n", a.addr)), "{text}");
+    assert!(!text.contains("x-forwarded-host"), "{text}");
+}

@@ -42,3 +42,42 @@ async fn a_websocket_echoes_through_the_proxy_on_the_keys_backend() {
     // Plain requests on the same proxy keep working around the tunnels.
     assert_eq!(proxy.get("/after").await.status, 200);
 }
+
+#[tokio::test]
+async fn an_open_tunnel_keeps_its_connection_slot() {
+    let a = TestBackend::spawn("a").await;
+    let proxy = TestProxy::spawn(&yaml_for(
+        &[("a", a.addr, 1)],
+        "limits:\n  max_connections: 1\n",
+    ))
+    .await;
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{}/ws", proxy.addr), stream)
+        .await
+        .unwrap();
+    ws.send(Message::Text("hi".into())).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::Text("a: hi".into())
+    );
+
+    let url = proxy.url("/other");
+    let other = tokio::spawn(async move {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        client.get(url.parse().unwrap()).await.unwrap().status()
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !other.is_finished(),
+        "a second connection was served while the tunnel held the only slot"
+    );
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let status = tokio::time::timeout(std::time::Duration::from_secs(5), other)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200);
+}

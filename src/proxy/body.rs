@@ -2,24 +2,64 @@
 //! failures), and the response body on its way down (returning the connection to its pool).
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::sync::Notify;
 
 use crate::backend::BackendState;
 use crate::upstream::Sender;
 
 /// The client's request body, streamed to the backend as it arrives.
 #[derive(Debug)]
-pub struct ClientBody(Incoming);
+pub struct ClientBody {
+    inner: Incoming,
+    /// Set once the last byte has been handed on; `None` for a request without a body.
+    sent: Option<Arc<BodySent>>,
+}
 
 impl ClientBody {
     /// Wraps the body hyper's server handed over.
-    pub fn new(body: Incoming) -> Self {
-        ClientBody(body)
+    pub fn new(inner: Incoming) -> Self {
+        let sent = (!inner.is_end_stream()).then(Arc::default);
+        ClientBody { inner, sent }
+    }
+
+    /// Signals the end of the upload, so `timeouts.response` can start there; `None`
+    /// when there is nothing to upload.
+    pub fn sent(&self) -> Option<Arc<BodySent>> {
+        self.sent.clone()
+    }
+
+    fn finished(&mut self) {
+        if let Some(s) = self.sent.take() {
+            s.flag.store(true, Ordering::Release);
+            s.notify.notify_waiters();
+        }
+    }
+}
+
+/// "The whole request body has been handed to the backend connection."
+#[derive(Debug, Default)]
+pub struct BodySent {
+    flag: AtomicBool,
+    notify: Notify,
+}
+
+impl BodySent {
+    /// Waits until the body has been sent (or failed).
+    pub async fn wait(&self) {
+        let notified = self.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.flag.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await;
     }
 }
 
@@ -50,17 +90,23 @@ impl Body for ClientBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.0)
+        let polled = Pin::new(&mut self.inner)
             .poll_frame(cx)
-            .map_err(ClientBodyError)
+            .map_err(ClientBodyError);
+        match &polled {
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.finished(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.finished(),
+            _ => {}
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.0.is_end_stream()
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.0.size_hint()
+        self.inner.size_hint()
     }
 }
 

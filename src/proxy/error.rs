@@ -14,6 +14,9 @@ pub enum ProxyError {
     /// The request itself is malformed: the client's fault.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// A method ringlb does not proxy (CONNECT).
+    #[error("not implemented: {0}")]
+    NotImplemented(&'static str),
     /// The client's body broke while being streamed to `backend`.
     #[error("client body failed while sending to {backend}: {source}")]
     ClientBody {
@@ -61,6 +64,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) | ProxyError::ClientBody { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::NoHealthyBackend => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectFailed { .. } | ProxyError::Upstream { .. } => {
                 StatusCode::BAD_GATEWAY
@@ -72,7 +76,7 @@ impl ProxyError {
     /// Short fixed text for the client; the details go to the log only.
     fn body(&self) -> &'static str {
         match self {
-            ProxyError::BadRequest(why) => why,
+            ProxyError::BadRequest(why) | ProxyError::NotImplemented(why) => why,
             ProxyError::ClientBody { .. } => "400 bad request: the request body is malformed\n",
             ProxyError::NoHealthyBackend => "503 service unavailable: no healthy backend\n",
             ProxyError::ConnectFailed { .. } => "502 bad gateway: backend unreachable\n",
@@ -81,15 +85,15 @@ impl ProxyError {
         }
     }
 
-    /// The answer sent to the client.
-    pub fn to_response(&self) -> Response<ProxyBody> {
+    /// The answer sent to a client speaking `version`.
+    pub fn to_response(&self, version: http::Version) -> Response<ProxyBody> {
         let mut res = Response::new(ProxyBody::text(self.body()));
         *res.status_mut() = self.status();
         res.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        if self.status() == StatusCode::BAD_REQUEST {
+        if self.status() == StatusCode::BAD_REQUEST && version < http::Version::HTTP_2 {
             // A malformed request leaves the connection in doubt.
             res.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));

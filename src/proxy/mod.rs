@@ -11,9 +11,11 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Request, Response, Uri, Version};
+use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::backend::BackendState;
@@ -25,11 +27,27 @@ pub use error::ProxyError;
 /// `X-Forwarded-Proto` on plain listeners.
 const PROTO_HTTP: &str = "http";
 
+/// The client connection a request arrived on, shared by its requests.
+#[derive(Debug)]
+pub struct ConnContext {
+    /// The live configuration.
+    pub live: Arc<Live>,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The connection's place under `limits.max_connections`; a WebSocket tunnel keeps
+    /// it after the HTTP exchange is over.
+    pub slot: Arc<OwnedSemaphorePermit>,
+    /// Where tunnels run, so the drain on stop waits for them too.
+    pub tasks: TaskTracker,
+}
+
 /// Serves one client request; never fails, errors become their status and a short text.
-pub async fn handle(live: &Live, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+pub async fn handle(ctx: &ConnContext, req: Request<Incoming>) -> Response<ProxyBody> {
     // This request's config, start to finish, whatever reloads happen meanwhile.
-    let snap = live.load_full();
-    match forward(&snap, req, peer).await {
+    let snap = ctx.live.load_full();
+    let peer = ctx.peer;
+    let version = req.version();
+    match forward(&snap, req, ctx).await {
         Ok(res) => res,
         Err(e) => {
             match &e {
@@ -38,7 +56,7 @@ pub async fn handle(live: &Live, req: Request<Incoming>, peer: SocketAddr) -> Re
                 }
                 _ => warn!(client = %peer, error = %e, "request failed"),
             }
-            e.to_response()
+            e.to_response(version)
         }
     }
 }
@@ -46,10 +64,19 @@ pub async fn handle(live: &Live, req: Request<Incoming>, peer: SocketAddr) -> Re
 async fn forward(
     snap: &Snapshot,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    ctx: &ConnContext,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    let peer = ctx.peer;
     let (mut parts, body) = req.into_parts();
+    if parts.method == Method::CONNECT {
+        return Err(ProxyError::NotImplemented(
+            "501 not implemented: ringlb does not tunnel CONNECT\n",
+        ));
+    }
     let host = request_host(&parts)?;
+    if parts.version == Version::HTTP_2 {
+        headers::join_cookies(&mut parts.headers);
+    }
     let hash = crate::key::hash(&parts, peer.ip(), &snap.config.hash.key);
 
     let upgrade = if upgrade::is_requested(&parts) {
@@ -93,7 +120,7 @@ async fn forward(
             Attempt::Response(mut res, sender) => {
                 if let Some((client, _)) = upgrade {
                     if res.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                        upgrade::tunnel(client, &mut res, backend.name.clone());
+                        upgrade::tunnel(client, &mut res, backend.name.clone(), ctx);
                         let (parts, _) = res.into_parts();
                         return Ok(Response::from_parts(parts, ProxyBody::empty()));
                     }
@@ -139,10 +166,27 @@ async fn send(
             Ok(c) => c,
             Err(e) => return Attempt::Unsent(req, e),
         };
-        let exchange = tokio::time::timeout(t.response, sender.try_send_request(req)).await;
+        if !req.headers().contains_key(header::HOST) {
+            // HTTP/1.0 clients may omit Host; HTTP/1.1 backends require one (as nginx's $proxy_host).
+            if let Ok(v) = HeaderValue::from_str(&backend.address.to_string()) {
+                req.headers_mut().insert(header::HOST, v);
+            }
+        }
+        // timeouts.response counts from the end of the upload, as Envoy's route timeout.
+        let uploaded = req.body().sent();
+        let deadline = async {
+            if let Some(u) = &uploaded {
+                u.wait().await;
+            }
+            tokio::time::sleep(t.response).await;
+        };
+        let exchange = tokio::select! {
+            r = sender.try_send_request(req) => Ok(r),
+            () = deadline => Err(()),
+        };
         match exchange {
             Ok(Ok(res)) => return Attempt::Response(res, sender),
-            Err(_) => {
+            Err(()) => {
                 return Attempt::Failed(ProxyError::Timeout {
                     backend: backend.name.clone(),
                     after: t.response,

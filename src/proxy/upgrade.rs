@@ -5,6 +5,8 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tracing::debug;
 
+use super::ConnContext;
+
 /// True when an HTTP/1.1 request asks to switch protocols.
 pub fn is_requested(parts: &http::request::Parts) -> bool {
     parts.version == http::Version::HTTP_11
@@ -12,14 +14,18 @@ pub fn is_requested(parts: &http::request::Parts) -> bool {
         && super::headers::connection_has(&parts.headers, "upgrade")
 }
 
-/// Joins the two upgraded connections in a task of their own.
+/// Joins the two upgraded connections in a task of the connection's tracker, holding
+/// the connection's slot under `limits.max_connections` until the tunnel closes.
 pub fn tunnel(
     client: OnUpgrade,
     backend: &mut http::Response<hyper::body::Incoming>,
     name: std::sync::Arc<str>,
+    ctx: &ConnContext,
 ) {
     let backend = hyper::upgrade::on(backend);
-    tokio::spawn(async move {
+    let slot = ctx.slot.clone();
+    ctx.tasks.spawn(async move {
+        let _slot = slot;
         let (client, backend) = match tokio::try_join!(client, backend) {
             Ok(pair) => pair,
             Err(e) => {

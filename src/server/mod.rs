@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
+use crate::proxy::ConnContext;
 use crate::snapshot::{Live, Snapshot};
 use timer::{Activity, HeadTimer, Watched};
 
@@ -139,7 +140,14 @@ async fn accept_loop(
             },
             () = stop.cancelled() => break,
         };
-        conns.spawn(connection(stream, peer, live.clone(), stop.clone(), permit));
+        conns.spawn(connection(
+            stream,
+            peer,
+            live.clone(),
+            stop.clone(),
+            permit,
+            conns.clone(),
+        ));
     }
     // Dropping the listener closes the socket: new connections are refused from here.
     drop(listener);
@@ -150,7 +158,8 @@ async fn connection(
     peer: SocketAddr,
     live: Arc<Live>,
     stop: CancellationToken,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
+    tasks: TaskTracker,
 ) {
     if let Err(e) = stream.set_nodelay(true) {
         debug!(client = %peer, error = %e, "set_nodelay failed");
@@ -172,27 +181,44 @@ async fn connection(
         .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
 
     let io = TokioIo::new(Watched::new(stream, activity.clone()));
+    let ctx = Arc::new(ConnContext {
+        live,
+        peer,
+        slot: Arc::new(permit),
+        tasks,
+    });
+    let counter = activity.clone();
     let service = service_fn(move |req| {
-        let live = live.clone();
-        async move { Ok::<_, Infallible>(crate::proxy::handle(&live, req, peer).await) }
+        counter.request_started();
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(crate::proxy::handle(&ctx, req).await) }
     });
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
 
-    // Before the protocol is known hyper has no timer running; a client that connects
-    // and sends nothing is closed after client_header, as nginx does.
-    let silent = tokio::time::sleep(t.client_header);
-    tokio::pin!(silent);
-    let mut silent_armed = true;
+    // The watchdog covers what hyper's HTTP/1 header timer cannot: a connection that
+    // starts no request within client_header (before the protocol is even known, e.g.
+    // a partial HTTP/2 preface), and an HTTP/2 connection that starts none within idle.
+    // A graceful shutdown lets requests in flight finish.
+    let watchdog = tokio::time::sleep(t.client_header);
+    tokio::pin!(watchdog);
+    let mut seen = 0;
     let result = loop {
         tokio::select! {
             r = conn.as_mut() => break r,
-            () = &mut silent, if silent_armed => {
-                silent_armed = false;
-                if activity.reads() == 0 {
-                    debug!(client = %peer, "closed: nothing sent within client_header");
+            () = &mut watchdog => {
+                let started = activity.requests();
+                if started == 0 {
+                    debug!(client = %peer, "closed: no request within client_header");
                     return;
                 }
+                if started == seen {
+                    debug!(client = %peer, "closing: no new request within idle");
+                    conn.as_mut().graceful_shutdown();
+                    break conn.await;
+                }
+                seen = started;
+                watchdog.as_mut().reset(tokio::time::Instant::now() + t.idle);
             }
             () = stop.cancelled() => {
                 conn.as_mut().graceful_shutdown();

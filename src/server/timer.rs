@@ -18,16 +18,27 @@ use std::time::{Duration, Instant};
 use hyper::rt::{Sleep, Timer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Counts reads that returned data on one connection.
+/// What one client connection has done: reads that returned data, requests started.
 #[derive(Debug, Default)]
 pub struct Activity {
     reads: AtomicU64,
+    requests: AtomicU64,
 }
 
 impl Activity {
     /// Reads that returned data so far.
     pub fn reads(&self) -> u64 {
         self.reads.load(Ordering::Relaxed)
+    }
+
+    /// Requests started so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request whose head has arrived.
+    pub fn request_started(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
     }
 }
 
