@@ -7,10 +7,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::info;
 
-use crate::config::{self, Config};
-use crate::ring::hash_key;
+use crate::config::{self, Config, KeySource};
 use crate::snapshot::Snapshot;
 
 /// ringlb: a consistent-hashing load-balancing reverse proxy.
@@ -33,7 +32,8 @@ pub struct Cli {
 pub enum Command {
     /// Validate the config, print a summary; exit 0 when valid, 1 when not.
     Check,
-    /// For each KEY (a key value, as `hash.key` extracts it): its backend and failover order.
+    /// For each KEY: its backend and failover order. KEY is a value as the first source
+    /// of `hash.key` yields it: a path, a header's value, an IP address, a host, ...
     Route {
         /// Key values, e.g. request paths when `hash.key` is `path`.
         #[arg(required = true)]
@@ -122,7 +122,6 @@ fn run(config: Config) -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                error!(error = %e, "cannot start");
                 eprintln!("ringlb: {e}");
                 ExitCode::FAILURE
             }
@@ -165,8 +164,10 @@ pub fn check_summary(snap: &Snapshot) -> String {
 /// `ringlb route`: one line per key.
 pub fn route_table(snap: &Snapshot, keys: &[String]) -> String {
     let mut out = String::new();
+    // A key is read as the first configured source yields it (an IP for client_ip, ...).
+    let source = snap.config.hash.key.first().unwrap_or(&KeySource::Path);
     for key in keys {
-        let hash = hash_key(key.as_bytes());
+        let hash = crate::key::hash_value(source, key);
         let order: Vec<&str> = snap
             .ring
             .failover(hash)

@@ -29,13 +29,7 @@ pub fn hash_source(parts: &Parts, peer: IpAddr, source: &KeySource) -> Option<u6
             Some(hash_key(uri.as_bytes()))
         }
         KeySource::Host => host(parts).map(hash_host),
-        KeySource::ClientIp => Some(match peer {
-            IpAddr::V4(v4) => hash_key(&v4.octets()),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => hash_key(&v4.octets()),
-                None => hash_key(&v6.octets()),
-            },
-        }),
+        KeySource::ClientIp => Some(hash_ip(peer)),
         KeySource::Header(name) => parts
             .headers
             .get(name)
@@ -53,6 +47,30 @@ pub fn hash_source(parts: &Parts, peer: IpAddr, source: &KeySource) -> Option<u6
             .query()
             .and_then(|q| query_param(q.as_bytes(), name.as_bytes()))
             .map(hash_key),
+    }
+}
+
+/// The hash of a key value as a person types it (for `ringlb route`), read the way
+/// `source` yields it from a request: an address for `client_ip`, a host in any case
+/// and with or without port for `host`, the bytes as they are otherwise.
+pub fn hash_value(source: &KeySource, value: &str) -> u64 {
+    match source {
+        KeySource::ClientIp => value
+            .parse()
+            .map_or_else(|_| hash_key(value.as_bytes()), hash_ip),
+        KeySource::Host => hash_host(value),
+        _ => hash_key(value.as_bytes()),
+    }
+}
+
+/// An IPv4 client hashes the same whether it arrived over IPv4 or IPv6 (v4-mapped).
+fn hash_ip(ip: IpAddr) -> u64 {
+    match ip {
+        IpAddr::V4(v4) => hash_key(&v4.octets()),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => hash_key(&v4.octets()),
+            None => hash_key(&v6.octets()),
+        },
     }
 }
 
@@ -179,6 +197,20 @@ mod tests {
         let b = parts("http://a.example/", &[]);
         let src = KeySource::Host;
         assert_eq!(hash_source(&a, PEER, &src), hash_source(&b, PEER, &src));
+    }
+
+    #[test]
+    fn typed_values_hash_as_requests_yield_them() {
+        let p = parts("/", &[("host", "Shop.Example:81")]);
+        assert_eq!(
+            Some(hash_value(&KeySource::ClientIp, "10.1.2.3")),
+            hash_source(&p, PEER, &KeySource::ClientIp)
+        );
+        assert_eq!(
+            Some(hash_value(&KeySource::Host, "shop.example")),
+            hash_source(&p, PEER, &KeySource::Host)
+        );
+        assert_eq!(hash_value(&KeySource::Path, "/a"), hash_key(b"/a"));
     }
 
     #[test]

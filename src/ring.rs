@@ -106,9 +106,8 @@ impl Ring {
         // (hash, name rank) packed for one sort; the rank fits since members <= points.
         let mut points: Vec<(u64, u32)> = Vec::with_capacity(total as usize);
         let mut buf = Vec::with_capacity(64);
-        for (rank, m) in by_name.iter().enumerate() {
+        for (rank, m) in (0u32..).zip(&by_name) {
             let count = m.weight.saturating_mul(vnodes);
-            let rank = rank as u32; // members.len() <= total <= u32::MAX
             for i in 0..count {
                 points.push((point_hash(m.name, i, &mut buf), rank));
             }

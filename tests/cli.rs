@@ -237,3 +237,21 @@ fn a_missing_config_file_is_an_error() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).starts_with("/nonexistent/lb.yaml: cannot read the config: "));
 }
+
+#[test]
+fn route_reads_keys_as_the_configured_source_yields_them() {
+    let path = write_config("route-ip", &format!("{THREE}hash:\n  key: client_ip\n"));
+    let out = ringlb(&["route", "--config", path.to_str().unwrap(), "10.1.2.3"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let config = ringlb::config::load(&path).unwrap();
+    let snap = ringlb::snapshot::Snapshot::build(config, None).unwrap();
+    let owner = snap
+        .ring
+        .owner(ringlb::ring::hash_key(&[10, 1, 2, 3]))
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with(&format!("10.1.2.3 -> {} (", snap.backend(owner).name)),
+        "{stdout}"
+    );
+}

@@ -12,6 +12,10 @@ use super::error::Diagnostic;
 use super::raw::RawConfig;
 use super::{Backend, Config, Hash, Limits, Listener, Timeouts};
 
+/// Most ring points accepted: 12 bytes each, so at most about 200 MB and a build of
+/// seconds; 1,000 backends x 160 vnodes is 160,000.
+pub const MAX_POINTS: u64 = 16_777_216;
+
 /// One step of a field path.
 #[derive(Debug, Clone, Copy)]
 enum Seg<'a> {
@@ -82,6 +86,15 @@ pub(crate) fn validate(
         });
     }
 
+    let points: u64 =
+        backends.iter().map(|b| u64::from(b.weight)).sum::<u64>() * u64::from(raw.hash.vnodes.0);
+    if points > MAX_POINTS {
+        fail(
+            &[Seg::Key("hash"), Seg::Key("vnodes")],
+            format!("the ring would have {points} points (sum of weights x vnodes); at most {MAX_POINTS} are allowed"),
+        );
+    }
+
     let t = &raw.timeouts;
     for (key, span) in [
         ("connect", t.connect),
@@ -126,10 +139,14 @@ pub(crate) fn validate(
 
 /// Two binds collide when the ports match and the IPs match or one is the wildcard
 /// of the same family: the second `bind()` would fail with "address in use".
+/// Linux's `[::]` is dual-stack by default, so it also covers every IPv4 address.
 fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    let wildcard_v6 = |x: SocketAddr| x.is_ipv6() && x.ip().is_unspecified();
     a.port() == b.port()
-        && a.is_ipv4() == b.is_ipv4()
-        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+        && (a.ip() == b.ip()
+            || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified()))
+            || wildcard_v6(a)
+            || wildcard_v6(b))
 }
 
 struct PathText<'a>(&'a [Seg<'a>]);

@@ -93,6 +93,10 @@ bounded_int!(
     MaxHeaderBytes(usize), 8192, 1_048_576
 );
 
+/// Longest accepted duration: beyond a day a timeout is a mistake, and deadlines far
+/// in the future overflow the clock.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
 /// A duration written with a unit (`250ms`, `2s`, `1m`), like nginx and Envoy accept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Span(pub Duration);
@@ -106,11 +110,17 @@ impl<'de> Deserialize<'de> for Span {
                 f.write_str("a duration with a unit such as 250ms, 2s or 1m")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Span, E> {
-                humantime::parse_duration(v.trim()).map(Span).map_err(|_| {
+                let d = humantime::parse_duration(v.trim()).map_err(|_| {
                     E::custom(format_args!(
                         "expected a duration with a unit such as 250ms, 2s or 1m, got {v:?}"
                     ))
-                })
+                })?;
+                if d > MAX_DURATION {
+                    return Err(E::custom(format_args!(
+                        "expected a duration of at most 24h, got {v:?}"
+                    )));
+                }
+                Ok(Span(d))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Span, E> {
                 Err(E::custom(format_args!(
