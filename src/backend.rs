@@ -1,13 +1,20 @@
-//! BackendState: what lives beside the config for one backend (its connection pool),
-//! shared by `Arc` so a rebuilt snapshot can keep it for a backend that stays.
+//! BackendState: what lives beside the config for one backend (its connection pool and
+//! its health), shared by `Arc` so a rebuilt snapshot keeps it for a backend that stays.
+//! Health is atomics: the request path reads it without locks.
 
-use std::sync::Arc;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
-use crate::config::Address;
+use tracing::info;
+
+use crate::config::{Address, OutlierDetection};
+use crate::health::policy::ejection_time;
 use crate::upstream::Pool;
 
 /// One backend's live state. Identity is (name, address): a backend that keeps both
-/// across snapshots keeps this value.
+/// across snapshots keeps this value, its health and its pooled connections.
 #[derive(Debug)]
 pub struct BackendState {
     /// The name its ring points derive from.
@@ -16,15 +23,213 @@ pub struct BackendState {
     pub address: Address,
     /// Idle keep-alive connections to it.
     pub pool: Arc<Pool>,
+    /// Active checks have taken it out of the ring.
+    down: AtomicBool,
+    /// Failed requests in a row.
+    failures: AtomicU32,
+    /// End of the current passive ejection on `clock_ms`; 0 when not ejected.
+    ejected_until: AtomicU64,
+    /// Ejections in a row; above 0 the backend is on probation: one failure ejects it again.
+    ejections: AtomicU32,
+}
+
+/// A passive ejection just applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ejection {
+    /// How long it lasts.
+    pub duration: Duration,
+    /// Its place in a row of ejections (1 for the first).
+    pub nth: u32,
+    /// Failed requests in a row that caused it.
+    pub failures: u32,
 }
 
 impl BackendState {
-    /// A backend with an empty pool.
+    /// A healthy backend with an empty pool.
     pub fn new(name: Arc<str>, address: Address) -> Arc<Self> {
         Arc::new(BackendState {
             name,
             address,
             pool: Arc::default(),
+            down: AtomicBool::new(false),
+            failures: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
         })
+    }
+
+    /// May take new requests: not down by active checks, not passively ejected.
+    pub fn is_available(&self) -> bool {
+        !self.is_down() && !self.is_ejected()
+    }
+
+    /// Active checks have taken it out.
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Relaxed)
+    }
+
+    /// Passively ejected right now. Reads the clock only while an ejection is set; the
+    /// first caller after it ends clears it and logs the return.
+    pub fn is_ejected(&self) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        if until == 0 || clock_ms() < until {
+            return until != 0;
+        }
+        if self
+            .ejected_until
+            .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            info!(backend = %self.name, "{} back from ejection, on probation", self.name);
+        }
+        false
+    }
+
+    /// Applies an active-check verdict; returns true when it changed the state.
+    pub fn set_down(&self, down: bool) -> bool {
+        self.down.swap(down, Ordering::Relaxed) != down
+    }
+
+    /// A request it answered normally: the failure count starts over and probation ends.
+    pub fn record_success(&self) {
+        // Loads first: most requests succeed and should not write shared cache lines.
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+        if self.ejections.load(Ordering::Relaxed) != 0 && !self.is_ejected() {
+            self.ejections.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A request it failed (connect error, timeout, 502/503/504). Returns the ejection
+    /// this failure caused, if any: after `consecutive_failures` in a row, or at once
+    /// while on probation after an earlier ejection.
+    pub fn record_failure(&self, policy: &OutlierDetection) -> Option<Ejection> {
+        if policy.consecutive_failures == 0 || self.is_ejected() {
+            return None;
+        }
+        let failures = self
+            .failures
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        let previous = self.ejections.load(Ordering::Relaxed);
+        if previous == 0 && failures < policy.consecutive_failures {
+            return None;
+        }
+        let nth = previous.saturating_add(1);
+        let duration = ejection_time(policy.ejection_time, nth);
+        let until =
+            clock_ms().saturating_add(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX));
+        let current = self.ejected_until.load(Ordering::Relaxed);
+        // One thread applies the ejection; others that raced it see it applied.
+        self.ejected_until
+            .compare_exchange(current, until, Ordering::Relaxed, Ordering::Relaxed)
+            .ok()?;
+        self.ejections.store(nth, Ordering::Relaxed);
+        self.failures.store(0, Ordering::Relaxed);
+        Some(Ejection {
+            duration,
+            nth,
+            failures,
+        })
+    }
+}
+
+impl fmt::Display for Ejection {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "ejected for {:?}", self.duration)?;
+        if self.nth > 1 {
+            write!(
+                f,
+                " (ejection {} in a row, failed again on probation)",
+                self.nth
+            )
+        } else {
+            write!(f, ": {} failed requests in a row", self.failures)
+        }
+    }
+}
+
+/// Milliseconds on a process-wide monotonic clock, never 0 (0 means "not ejected").
+fn clock_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_add(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend() -> Arc<BackendState> {
+        BackendState::new("a".into(), Address::parse("127.0.0.1:1").unwrap())
+    }
+
+    fn policy(n: u32, ms: u64) -> OutlierDetection {
+        OutlierDetection {
+            consecutive_failures: n,
+            ejection_time: Duration::from_millis(ms),
+        }
+    }
+
+    #[test]
+    fn consecutive_failures_eject_and_a_success_resets_the_count() {
+        let b = backend();
+        let p = policy(3, 60_000);
+        assert_eq!(b.record_failure(&p), None);
+        assert_eq!(b.record_failure(&p), None);
+        b.record_success();
+        assert_eq!(b.record_failure(&p), None);
+        assert_eq!(b.record_failure(&p), None);
+        let e = b.record_failure(&p).expect("third failure in a row ejects");
+        assert_eq!(
+            (e.nth, e.failures, e.duration),
+            (1, 3, Duration::from_secs(60))
+        );
+        assert!(!b.is_available());
+        assert!(b.is_ejected() && !b.is_down());
+        assert_eq!(
+            b.record_failure(&p),
+            None,
+            "an ejected backend is not ejected again"
+        );
+    }
+
+    #[test]
+    fn on_probation_one_failure_ejects_for_twice_as_long_and_a_success_ends_it() {
+        let b = backend();
+        let p = policy(2, 30);
+        b.record_failure(&p);
+        assert_eq!(b.record_failure(&p).map(|e| e.nth), Some(1));
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(b.is_available(), "the ejection ended");
+        let again = b
+            .record_failure(&p)
+            .expect("one failure on probation ejects");
+        assert_eq!((again.nth, again.duration), (2, Duration::from_millis(60)));
+        std::thread::sleep(Duration::from_millis(90));
+        b.record_success();
+        assert_eq!(b.record_failure(&p), None, "a success ended probation");
+    }
+
+    #[test]
+    fn zero_consecutive_failures_turns_ejection_off() {
+        let b = backend();
+        for _ in 0..100 {
+            assert_eq!(b.record_failure(&policy(0, 1000)), None);
+        }
+        assert!(b.is_available());
+    }
+
+    #[test]
+    fn active_down_is_separate_from_ejection() {
+        let b = backend();
+        assert!(b.set_down(true));
+        assert!(!b.set_down(true), "no change");
+        assert!(b.is_down() && !b.is_available() && !b.is_ejected());
+        assert!(b.set_down(false));
+        assert!(b.is_available());
     }
 }

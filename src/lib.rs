@@ -29,6 +29,7 @@
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod health;
 pub mod key;
 pub mod proxy;
 pub mod ring;

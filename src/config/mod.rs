@@ -34,6 +34,34 @@ pub struct Config {
     pub limits: Limits,
     /// Runtime worker threads; 0 means one per core.
     pub workers: usize,
+    /// Active checks, when configured.
+    pub health_check: Option<HealthCheck>,
+    /// Passive ejection on live traffic.
+    pub outlier_detection: OutlierDetection,
+}
+
+/// The `health_check` block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Requested with GET; 2xx or 3xx is a success.
+    pub path: http::uri::PathAndQuery,
+    /// Time between checks of one backend (jittered by ±10%).
+    pub interval: Duration,
+    /// A check without an answer within this time fails.
+    pub timeout: Duration,
+    /// Consecutive successes to re-enter the ring.
+    pub healthy_threshold: u32,
+    /// Consecutive failures to leave the ring.
+    pub unhealthy_threshold: u32,
+}
+
+/// The `outlier_detection` block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutlierDetection {
+    /// Failed requests in a row that eject a backend; 0 means never.
+    pub consecutive_failures: u32,
+    /// The first ejection's length; each one right after doubles it, up to 10×.
+    pub ejection_time: Duration,
 }
 
 /// A plain HTTP listener (HTTP/1.1 and h2c).

@@ -6,8 +6,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::value::{
-    Address, BindAddr, KeySpec, MaxConnections, MaxHeaderBytes, Name, Retries, Span, Vnodes,
-    Weight, Workers,
+    Address, BindAddr, CheckPath, FailureCount, KeySpec, MaxConnections, MaxHeaderBytes, Name,
+    Retries, Span, Threshold, Vnodes, Weight, Workers,
 };
 
 /// Ring points per unit of weight when `hash.vnodes` is absent (nginx's `hash ... consistent` uses 160).
@@ -42,6 +42,54 @@ pub struct RawConfig {
     /// Runtime worker threads.
     #[serde(default = "default_workers")]
     pub workers: Workers,
+    /// Active checks; absent means none.
+    #[serde(default)]
+    pub health_check: Option<RawHealthCheck>,
+    /// Passive checks on live traffic; always on, with defaults.
+    #[serde(default)]
+    pub outlier_detection: RawOutlierDetection,
+}
+
+/// The `health_check` block.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    /// Requested with GET; a 2xx or 3xx answer is a success.
+    #[serde(default = "default_check_path")]
+    pub path: CheckPath,
+    /// Time between checks of one backend.
+    #[serde(default = "default_check_interval")]
+    pub interval: Span,
+    /// A check without an answer within this time fails.
+    #[serde(default = "default_check_timeout")]
+    pub timeout: Span,
+    /// Consecutive successes to re-enter the ring.
+    #[serde(default = "default_healthy_threshold")]
+    pub healthy_threshold: Threshold,
+    /// Consecutive failures to leave the ring.
+    #[serde(default = "default_unhealthy_threshold")]
+    pub unhealthy_threshold: Threshold,
+}
+
+/// The `outlier_detection` block.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlierDetection {
+    /// Failed requests in a row that eject a backend.
+    #[serde(default = "default_consecutive_failures")]
+    pub consecutive_failures: FailureCount,
+    /// How long the first ejection lasts.
+    #[serde(default = "default_ejection_time")]
+    pub ejection_time: Span,
+}
+
+impl Default for RawOutlierDetection {
+    fn default() -> Self {
+        RawOutlierDetection {
+            consecutive_failures: default_consecutive_failures(),
+            ejection_time: default_ejection_time(),
+        }
+    }
 }
 
 /// One `listeners[]` entry.
@@ -172,5 +220,26 @@ fn default_idle() -> Span {
     Span(Duration::from_secs(60))
 }
 fn default_shutdown() -> Span {
+    Span(Duration::from_secs(30))
+}
+fn default_check_path() -> CheckPath {
+    CheckPath(http::uri::PathAndQuery::from_static("/healthz"))
+}
+fn default_check_interval() -> Span {
+    Span(Duration::from_secs(2))
+}
+fn default_check_timeout() -> Span {
+    Span(Duration::from_secs(1))
+}
+fn default_healthy_threshold() -> Threshold {
+    Threshold(2)
+}
+fn default_unhealthy_threshold() -> Threshold {
+    Threshold(3)
+}
+fn default_consecutive_failures() -> FailureCount {
+    FailureCount(5)
+}
+fn default_ejection_time() -> Span {
     Span(Duration::from_secs(30))
 }

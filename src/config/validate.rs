@@ -10,7 +10,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 
 use super::error::Diagnostic;
 use super::raw::RawConfig;
-use super::{Backend, Config, Hash, Limits, Listener, Timeouts};
+use super::{Backend, Config, Hash, HealthCheck, Limits, Listener, OutlierDetection, Timeouts};
 
 /// Most ring points accepted: 12 bytes each, so at most about 200 MB and a build of
 /// seconds; 1,000 backends x 160 vnodes is 160,000.
@@ -110,6 +110,23 @@ pub(crate) fn validate(
         }
     }
 
+    if let Some(h) = &raw.health_check {
+        for (key, span) in [("interval", h.interval), ("timeout", h.timeout)] {
+            if span.0.is_zero() {
+                fail(
+                    &[Seg::Key("health_check"), Seg::Key(key)],
+                    "expected a duration greater than 0".into(),
+                );
+            }
+        }
+    }
+    if raw.outlier_detection.ejection_time.0.is_zero() {
+        fail(
+            &[Seg::Key("outlier_detection"), Seg::Key("ejection_time")],
+            "expected a duration greater than 0".into(),
+        );
+    }
+
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -134,6 +151,17 @@ pub(crate) fn validate(
             max_header_bytes: raw.limits.max_header_bytes.0,
         },
         workers: raw.workers.0,
+        health_check: raw.health_check.map(|h| HealthCheck {
+            path: h.path.0,
+            interval: h.interval.0,
+            timeout: h.timeout.0,
+            healthy_threshold: h.healthy_threshold.0,
+            unhealthy_threshold: h.unhealthy_threshold.0,
+        }),
+        outlier_detection: OutlierDetection {
+            consecutive_failures: raw.outlier_detection.consecutive_failures.0,
+            ejection_time: raw.outlier_detection.ejection_time.0,
+        },
     })
 }
 

@@ -93,6 +93,40 @@ bounded_int!(
     MaxHeaderBytes(usize), 8192, 1_048_576
 );
 
+bounded_int!(
+    /// Consecutive check results needed to change a backend's state.
+    Threshold(u32), 1, 100
+);
+bounded_int!(
+    /// Consecutive failed requests that eject a backend; 0 turns passive ejection off.
+    FailureCount(u32), 0, 10_000
+);
+
+/// The path an active health check requests: origin-form, starting with `/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckPath(pub http::uri::PathAndQuery);
+
+impl<'de> Deserialize<'de> for CheckPath {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = CheckPath;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a path such as /healthz")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<CheckPath, E> {
+                match v.parse::<http::uri::PathAndQuery>() {
+                    Ok(p) if v.starts_with('/') => Ok(CheckPath(p)),
+                    _ => Err(E::custom(format_args!(
+                        "expected a path starting with / such as /healthz, got {v:?}"
+                    ))),
+                }
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
 /// Longest accepted duration: beyond a day a timeout is a mistake, and deadlines far
 /// in the future overflow the clock.
 pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);

@@ -17,7 +17,8 @@ use crate::upstream::Sender;
 /// The client's request body, streamed to the backend as it arrives.
 #[derive(Debug)]
 pub struct ClientBody {
-    inner: Incoming,
+    /// `None` for a request rebuilt without a body.
+    inner: Option<Incoming>,
     /// Set once the last byte has been handed on; `None` for a request without a body.
     sent: Option<Arc<BodySent>>,
 }
@@ -26,7 +27,18 @@ impl ClientBody {
     /// Wraps the body hyper's server handed over.
     pub fn new(inner: Incoming) -> Self {
         let sent = (!inner.is_end_stream()).then(Arc::default);
-        ClientBody { inner, sent }
+        ClientBody {
+            inner: Some(inner),
+            sent,
+        }
+    }
+
+    /// No body: a replayed bodiless request.
+    pub fn empty() -> Self {
+        ClientBody {
+            inner: None,
+            sent: None,
+        }
     }
 
     /// Signals the end of the upload, so `timeouts.response` can start there; `None`
@@ -90,23 +102,29 @@ impl Body for ClientBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner)
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(&mut *inner)
             .poll_frame(cx)
             .map_err(ClientBodyError);
+        let ended = inner.is_end_stream();
         match &polled {
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.finished(),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.finished(),
+            Poll::Ready(Some(Ok(_))) if ended => self.finished(),
             _ => {}
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
 

@@ -103,21 +103,50 @@ async fn forward(
     headers::add_forwarded(&mut parts.headers, peer.ip(), PROTO_HTTP, host);
     parts.uri = origin_form(&parts.uri);
     parts.version = Version::HTTP_11;
+    // A bodiless idempotent request can be sent again if its backend dies before
+    // answering (nginx's `proxy_next_upstream error`): keep its head for that.
+    let replay = (upgrade.is_none()
+        && http_body::Body::is_end_stream(&body)
+        && is_idempotent(&parts.method))
+    .then(|| parts.clone());
     let mut req = Some(Request::from_parts(parts, ClientBody::new(body)));
 
-    let timeouts = &snap.config.timeouts;
-    let max_attempts = snap.config.retries.saturating_add(1);
+    let config = &snap.config;
+    let max_attempts = config.retries.saturating_add(1);
     let mut attempts = 0;
-    let mut last: Option<(Arc<str>, ConnectError)> = None;
-    for id in snap.ring.failover(hash) {
-        if attempts == max_attempts {
+    let mut last: Option<ProxyError> = None;
+    // First pass: backends available now. If none is, passive ejection alone must not
+    // empty the ring: a second pass takes every backend active checks have not taken out.
+    let mut walk = snap.ring.failover(hash);
+    let mut fallback = false;
+    while attempts < max_attempts {
+        let next = if fallback {
+            walk.find(|&id| !snap.backend(id).is_down())
+        } else {
+            walk.find(|&id| snap.backend(id).is_available())
+        };
+        let Some(id) = next else {
+            if attempts == 0 && !fallback {
+                fallback = true;
+                walk = snap.ring.failover(hash);
+                continue;
+            }
             break;
-        }
+        };
         attempts += 1;
         let backend = snap.backend(id);
-        let outgoing = req.take().ok_or(ProxyError::NoHealthyBackend)?;
-        match send(backend, outgoing, timeouts).await {
+        let outgoing = match (req.take(), &replay) {
+            (Some(r), _) => r,
+            (None, Some(head)) => Request::from_parts(head.clone(), ClientBody::empty()),
+            (None, None) => break,
+        };
+        match send(backend, outgoing, &config.timeouts).await {
             Attempt::Response(mut res, sender) => {
+                if matches!(res.status().as_u16(), 502..=504) {
+                    record_failure(backend, config, res.status());
+                } else {
+                    backend.record_success();
+                }
                 if let Some((client, _)) = upgrade {
                     if res.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                         upgrade::tunnel(client, &mut res, backend.name.clone(), ctx);
@@ -130,21 +159,59 @@ async fn forward(
                 let body = UpstreamBody::new(body, Some((backend.clone(), sender)));
                 return Ok(Response::from_parts(parts, ProxyBody::Upstream(body)));
             }
-            Attempt::Unsent(back, e) => {
-                debug!(backend = %backend.name, error = %e, "not sent, trying the next backend");
+            Attempt::Unsent(back, source) => {
+                record_failure(backend, config, &source);
+                debug!(backend = %backend.name, error = %source, "not sent, trying the next backend");
                 req = Some(back);
-                last = Some((backend.name.clone(), e));
+                last = Some(ProxyError::ConnectFailed {
+                    backend: backend.name.clone(),
+                    attempts,
+                    source,
+                });
             }
-            Attempt::Failed(e) => return Err(e),
+            Attempt::Failed(e) => {
+                if !matches!(e, ProxyError::ClientBody { .. }) {
+                    record_failure(backend, config, &e);
+                }
+                match e {
+                    ProxyError::Upstream { .. } if replay.is_some() => {
+                        debug!(backend = %backend.name, error = %e, "no answer to an idempotent request, trying the next backend");
+                        last = Some(e);
+                    }
+                    e => return Err(e),
+                }
+            }
         }
     }
-    match last {
-        Some((backend, source)) => Err(ProxyError::ConnectFailed {
+    Err(match last {
+        Some(ProxyError::ConnectFailed {
+            backend, source, ..
+        }) => ProxyError::ConnectFailed {
             backend,
             attempts,
             source,
-        }),
-        None => Err(ProxyError::NoHealthyBackend),
+        },
+        Some(e) => e,
+        None => ProxyError::NoHealthyBackend,
+    })
+}
+
+/// Methods RFC 9110 §9.2.2 calls idempotent: sending one twice has the effect of once.
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Counts a failure against `backend` and logs the ejection it causes.
+fn record_failure(
+    backend: &BackendState,
+    config: &crate::config::Config,
+    why: impl std::fmt::Display,
+) {
+    if let Some(ejection) = backend.record_failure(&config.outlier_detection) {
+        warn!(backend = %backend.name, "{} {ejection}, last: {why}", backend.name);
     }
 }
 

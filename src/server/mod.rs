@@ -81,7 +81,9 @@ pub async fn serve(listeners: Vec<TcpListener>, live: Arc<Live>, stop: Cancellat
     let drain = snap.config.timeouts.shutdown;
     drop(snap);
 
+    // Connections, their tunnels and the health checkers: the drain waits for all.
     let conns = TaskTracker::new();
+    crate::health::spawn(&live.load(), &conns, &stop);
     let accepts: Vec<_> = listeners
         .into_iter()
         .map(|l| {

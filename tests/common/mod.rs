@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,7 +45,8 @@ pub fn pattern(i: u64) -> u8 {
 
 /// A real HTTP backend on 127.0.0.1 that answers with its name.
 ///
-/// Endpoints: any path -> its name; `/echo-headers` -> the request head as text;
+/// Endpoints: any path -> its name (or `fail_with`'s status); `/healthz` -> `set_health`'s
+/// status, not counted in `hits()`; `/echo-headers` -> the request head as text;
 /// `/upload` -> bytes received and whether they matched `pattern`; `/first-chunk` ->
 /// answers as soon as the first body chunk arrives; `/download?bytes=N` -> N pattern
 /// bytes; `/drip` -> `first\n`, then `rest\n` once `release()` is called;
@@ -54,6 +55,8 @@ pub struct TestBackend {
     pub name: String,
     pub addr: SocketAddr,
     hits: Arc<AtomicUsize>,
+    health: Arc<AtomicU16>,
+    fail_with: Arc<AtomicU16>,
     gate: Arc<Notify>,
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
@@ -81,11 +84,15 @@ impl TestBackend {
             .expect("local addr of a bound listener");
         let hits = Arc::new(AtomicUsize::new(0));
         let gate = Arc::new(Notify::new());
+        let health = Arc::new(AtomicU16::new(200));
+        let fail_with = Arc::new(AtomicU16::new(0));
         let stop = CancellationToken::new();
         let ctx = Arc::new(BackendCtx {
             name: name.to_owned(),
             hits: hits.clone(),
             gate: gate.clone(),
+            health: health.clone(),
+            fail_with: fail_with.clone(),
         });
         let token = stop.clone();
         let task = tokio::spawn(async move {
@@ -109,6 +116,8 @@ impl TestBackend {
             name: name.to_owned(),
             addr,
             hits,
+            health,
+            fail_with,
             gate,
             stop,
             task: Some(task),
@@ -118,6 +127,16 @@ impl TestBackend {
     /// Requests this backend has answered.
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// The status `/healthz` answers with (200 by default).
+    pub fn set_health(&self, status: u16) {
+        self.health.store(status, Ordering::SeqCst);
+    }
+
+    /// Makes every request other than `/healthz` answer `status`; 0 goes back to normal.
+    pub fn fail_with(&self, status: u16) {
+        self.fail_with.store(status, Ordering::SeqCst);
     }
 
     /// Lets `/drip` send the rest of its body.
@@ -145,6 +164,8 @@ struct BackendCtx {
     name: String,
     hits: Arc<AtomicUsize>,
     gate: Arc<Notify>,
+    health: Arc<AtomicU16>,
+    fail_with: Arc<AtomicU16>,
 }
 
 fn query(req: &Request<Incoming>, key: &str) -> Option<u64> {
@@ -158,9 +179,19 @@ async fn backend_answer(
     ctx: Arc<BackendCtx>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    ctx.hits.fetch_add(1, Ordering::SeqCst);
     let name = ctx.name.clone();
     let path = req.uri().path().to_owned();
+    if path == "/healthz" {
+        let status =
+            StatusCode::from_u16(ctx.health.load(Ordering::SeqCst)).unwrap_or(StatusCode::OK);
+        return Ok(text_answer(&name, status, "health"));
+    }
+    ctx.hits.fetch_add(1, Ordering::SeqCst);
+    let failing = ctx.fail_with.load(Ordering::SeqCst);
+    if failing != 0 {
+        let status = StatusCode::from_u16(failing).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return Ok(text_answer(&name, status, &name));
+    }
     let body: Body = match path.as_str() {
         "/echo-headers" => {
             let mut text = format!("{} {} {:?}\n", req.method(), req.uri(), req.version());

@@ -1,0 +1,133 @@
+//! Active health checks: one checker task per backend, on its own connections, writing
+//! only the backend's `down` flag. Decisions come from `policy`; this module does I/O.
+
+pub mod policy;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{header, Request, StatusCode};
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::backend::BackendState;
+use crate::config::HealthCheck;
+use crate::snapshot::Snapshot;
+use policy::ActivePolicy;
+
+/// Spread of each wait around `interval` (±10%), so a fleet of proxies drifts apart
+/// instead of checking a backend in step.
+const JITTER: f64 = 0.10;
+
+/// Starts one checker per backend of `snap` when it configures health checks. Each
+/// runs until `stop` and belongs to `tasks`.
+pub fn spawn(snap: &Snapshot, tasks: &TaskTracker, stop: &CancellationToken) {
+    let Some(check) = &snap.config.health_check else {
+        return;
+    };
+    for backend in &snap.backends {
+        let check = check.clone();
+        let backend = backend.clone();
+        let stop = stop.child_token();
+        tasks.spawn(async move {
+            tokio::select! {
+                () = run(backend, check) => {}
+                () = stop.cancelled() => {}
+            }
+        });
+    }
+}
+
+/// Checks one backend forever: probe, record, apply a change, wait.
+async fn run(backend: Arc<BackendState>, check: HealthCheck) {
+    let mut policy = ActivePolicy::new(check.healthy_threshold, check.unhealthy_threshold);
+    let mut round = 0u64;
+    // A random first wait within one interval spreads the backends' checks apart.
+    tokio::time::sleep(check.interval.mul_f64(unit_random(&backend.name, u64::MAX))).await;
+    loop {
+        let outcome = probe(&backend, &check).await;
+        if let Err(why) = &outcome {
+            debug!(backend = %backend.name, %why, "health check failed");
+        }
+        if let Some(change) = policy.record(outcome.is_ok()) {
+            backend.set_down(!change.is_up());
+            match &outcome {
+                Err(why) => {
+                    warn!(backend = %backend.name, "{} {change}, last: {why}", backend.name)
+                }
+                Ok(()) => info!(backend = %backend.name, "{} {change}", backend.name),
+            }
+        }
+        round += 1;
+        let jitter = 1.0 + JITTER * (2.0 * unit_random(&backend.name, round) - 1.0);
+        tokio::time::sleep(check.interval.mul_f64(jitter)).await;
+    }
+}
+
+/// Why a check failed, in the words of the log line.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// No answer within `timeout`.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The connection or the exchange failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// hyper reported an HTTP-level failure.
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+    /// The backend answered, but not with 2xx or 3xx.
+    #[error("status {0}")]
+    Status(StatusCode),
+}
+
+/// One `GET path` on a fresh connection, so checks never take the request pool's
+/// connections; 2xx and 3xx pass.
+///
+/// # Errors
+/// `ProbeError` saying why the check failed.
+pub async fn probe(backend: &BackendState, check: &HealthCheck) -> Result<(), ProbeError> {
+    match tokio::time::timeout(check.timeout, exchange(backend, check)).await {
+        Ok(Ok(status)) if status.is_success() || status.is_redirection() => Ok(()),
+        Ok(Ok(status)) => Err(ProbeError::Status(status)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(ProbeError::Timeout(check.timeout)),
+    }
+}
+
+async fn exchange(backend: &BackendState, check: &HealthCheck) -> Result<StatusCode, ProbeError> {
+    let addr = &backend.address;
+    let stream = match addr.ip() {
+        Some(sa) => TcpStream::connect(sa).await?,
+        None => TcpStream::connect((addr.host(), addr.port())).await?,
+    };
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    let driver = tokio::spawn(conn);
+    let req = Request::get(check.path.as_str())
+        .header(header::HOST, addr.to_string())
+        .header(header::USER_AGENT, "ringlb-health-check")
+        .header(header::CONNECTION, "close")
+        .body(Empty::<bytes::Bytes>::new())
+        .map_err(std::io::Error::other)?;
+    let status = sender.send_request(req).await?.status();
+    driver.abort();
+    Ok(status)
+}
+
+/// A number in [0, 1) that differs per backend, round and process, without a RNG crate.
+fn unit_random(name: &str, round: u64) -> f64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mut buf = Vec::with_capacity(name.len() + 20);
+    buf.extend_from_slice(name.as_bytes());
+    buf.extend_from_slice(&round.to_le_bytes());
+    buf.extend_from_slice(&nanos.to_le_bytes());
+    buf.extend_from_slice(&std::process::id().to_le_bytes());
+    (xxh3_64(&buf) >> 11) as f64 / (1u64 << 53) as f64
+}
