@@ -1,10 +1,14 @@
 //! What does a ring lookup cost, and a build? Owner and first-choice failover over 1M
 //! distinct random keys (fewer would let the branch predictor learn them) at 10, 100 and
-//! 1,000 backends x 160 vnodes, and the build of 1,000 x 160.
+//! 1,000 backends x 160 vnodes; the request path's lookup (first available backend) at
+//! 100 x 160 with 0%, 10% and 50% of backends down; and the build of 1,000 x 160.
 
 use std::hint::black_box;
+use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use ringlb::backend::BackendState;
+use ringlb::config::Address;
 use ringlb::ring::{BackendId, Member, Ring};
 
 const VNODES: u32 = 160;
@@ -66,6 +70,44 @@ fn lookup(c: &mut Criterion) {
     group.finish();
 }
 
+/// The request path's choice: the first backend of the failover order whose live state
+/// says it is available, with `pct` of 100 backends taken out by active checks.
+fn lookup_with_down(c: &mut Criterion) {
+    let keys = keys();
+    let names = names(100);
+    let ring = ring_of(&names);
+    let mut group = c.benchmark_group("lookup_available");
+    group.throughput(Throughput::Elements(1));
+    for pct in [0usize, 10, 50] {
+        let states: Vec<Arc<BackendState>> = names
+            .iter()
+            .map(|n| {
+                BackendState::new(
+                    n.as_str().into(),
+                    Address::parse("127.0.0.1:1").expect("static address"),
+                )
+            })
+            .collect();
+        // Every (100 / pct)th backend down, spread over the ring.
+        for (i, s) in states.iter().enumerate() {
+            if pct > 0 && i % (100 / pct) == 0 {
+                s.set_down(true);
+            }
+        }
+        let mut i = 0usize;
+        group.bench_function(BenchmarkId::new("100x160", format!("{pct}pct_down")), |b| {
+            b.iter(|| {
+                i = (i + 1) & (KEYS - 1);
+                black_box(
+                    ring.failover(black_box(keys[i]))
+                        .find(|id| states[id.index()].is_available()),
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
 fn build(c: &mut Criterion) {
     let names = names(1000);
     let mut group = c.benchmark_group("build");
@@ -76,5 +118,5 @@ fn build(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, lookup, build);
+criterion_group!(benches, lookup, lookup_with_down, build);
 criterion_main!(benches);

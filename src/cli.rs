@@ -145,6 +145,28 @@ pub fn check_summary(snap: &Snapshot) -> String {
         snap.ring.len(),
         snap.ring_fingerprint()
     );
+    match &c.health_check {
+        Some(h) => {
+            let _ = writeln!(
+                out,
+                "health checks: GET {} every {:?} (timeout {:?}), down after {} failed, up after {} passed",
+                h.path, h.interval, h.timeout, h.unhealthy_threshold, h.healthy_threshold
+            );
+        }
+        None => {
+            let _ = writeln!(out, "health checks: none");
+        }
+    }
+    let od = &c.outlier_detection;
+    if od.consecutive_failures == 0 {
+        let _ = writeln!(out, "outlier detection: off");
+    } else {
+        let _ = writeln!(
+            out,
+            "outlier detection: eject after {} failed requests in a row, for {:?} (doubling on probation)",
+            od.consecutive_failures, od.ejection_time
+        );
+    }
     let _ = writeln!(out, "backends: {}", c.backends.len());
     let shares = snap.shares();
     let width = c.backends.iter().map(|b| b.name.len()).max().unwrap_or(0);

@@ -170,3 +170,47 @@ fn an_unreadable_file_names_the_path() {
         "{e}"
     );
 }
+
+#[test]
+fn health_keys_take_defaults_and_are_checked() {
+    let base = format!("{HEAD}backends:\n  - address: \"127.0.0.1:9001\"\n");
+    let c = from_str(&base, "lb.yaml").unwrap();
+    assert_eq!(c.health_check, None, "absent means no active checks");
+    assert_eq!(c.outlier_detection.consecutive_failures, 5);
+    assert_eq!(c.outlier_detection.ejection_time, Duration::from_secs(30));
+
+    let c = from_str(&format!("{base}health_check: {{}}\n"), "lb.yaml").unwrap();
+    let h = c.health_check.unwrap();
+    assert_eq!(
+        (
+            h.path.as_str(),
+            h.interval,
+            h.timeout,
+            h.healthy_threshold,
+            h.unhealthy_threshold
+        ),
+        (
+            "/healthz",
+            Duration::from_secs(2),
+            Duration::from_secs(1),
+            2,
+            3
+        )
+    );
+
+    assert_eq!(
+        err(&format!("{base}health_check:\n  path: healthz\n")),
+        "lb.yaml:6:9: health_check.path: expected a path starting with / such as /healthz, got \"healthz\""
+    );
+    assert_eq!(
+        err(&format!("{base}health_check:\n  unhealthy_threshold: 0\n")),
+        "lb.yaml:6:24: health_check.unhealthy_threshold: expected an integer 1..=100, got 0"
+    );
+    assert_eq!(
+        err(&format!("{base}health_check:\n  interval: 0s\n")),
+        "lb.yaml:6:13: health_check.interval: expected a duration greater than 0"
+    );
+    assert!(err(&format!("{base}outlier_detection:\n  ejection: 1s\n")).starts_with(
+        "lb.yaml:6:3: outlier_detection: unknown field `ejection`, expected `consecutive_failures` or `ejection_time`"
+    ));
+}

@@ -75,7 +75,10 @@ pub enum ProbeError {
     /// No answer within `timeout`.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
-    /// The connection or the exchange failed.
+    /// No connection could be made.
+    #[error("connect failed: {0}")]
+    Connect(#[source] std::io::Error),
+    /// The exchange failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
     /// hyper reported an HTTP-level failure.
@@ -103,9 +106,10 @@ pub async fn probe(backend: &BackendState, check: &HealthCheck) -> Result<(), Pr
 async fn exchange(backend: &BackendState, check: &HealthCheck) -> Result<StatusCode, ProbeError> {
     let addr = &backend.address;
     let stream = match addr.ip() {
-        Some(sa) => TcpStream::connect(sa).await?,
-        None => TcpStream::connect((addr.host(), addr.port())).await?,
-    };
+        Some(sa) => TcpStream::connect(sa).await,
+        None => TcpStream::connect((addr.host(), addr.port())).await,
+    }
+    .map_err(ProbeError::Connect)?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     let driver = tokio::spawn(conn);
     let req = Request::get(check.path.as_str())
