@@ -9,6 +9,7 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ringlb::backend::BackendState;
 use ringlb::config::Address;
+use ringlb::metrics::Metrics;
 use ringlb::ring::{BackendId, Member, Ring};
 
 const VNODES: u32 = 160;
@@ -79,12 +80,14 @@ fn lookup_with_down(c: &mut Criterion) {
     let mut group = c.benchmark_group("lookup_available");
     group.throughput(Throughput::Elements(1));
     for pct in [0usize, 10, 50] {
+        let metrics = Metrics::new();
         let states: Vec<Arc<BackendState>> = names
             .iter()
             .map(|n| {
                 BackendState::new(
                     n.as_str().into(),
                     Address::parse("127.0.0.1:1").expect("static address"),
+                    metrics.backend(n),
                 )
             })
             .collect();

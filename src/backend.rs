@@ -3,14 +3,15 @@
 //! Health is atomics: the request path reads it without locks.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tracing::info;
 
 use crate::config::{Address, OutlierDetection};
 use crate::health::policy::ejection_time;
+use crate::metrics::BackendMetrics;
 use crate::upstream::Pool;
 
 /// One backend's live state. Identity is (name, address): a backend that keeps both
@@ -25,12 +26,23 @@ pub struct BackendState {
     pub pool: Arc<Pool>,
     /// Active checks have taken it out of the ring.
     down: AtomicBool,
-    /// Failed requests in a row.
-    failures: AtomicU32,
-    /// End of the current passive ejection on `clock_ms`; 0 when not ejected.
+    /// End of the current passive ejection on `clock_ms`; 0 when not ejected. Read
+    /// lock-free by every request; written only under `passive`.
     ejected_until: AtomicU64,
-    /// Ejections in a row; above 0 the backend is on probation: one failure ejects it again.
-    ejections: AtomicU32,
+    /// Set while `passive` holds anything a success must reset, so successes (most
+    /// requests) take no lock.
+    passive_dirty: AtomicBool,
+    /// Failure and ejection counts; failures are rare, and one lock makes the
+    /// count-eject-double sequence atomic under concurrent failures.
+    passive: Mutex<Passive>,
+    /// Requests sent to it and not finished.
+    in_flight: AtomicU64,
+    /// Failed requests, ever (connect errors, timeouts, 502/503/504).
+    failures_total: AtomicU64,
+    /// Why it is out of the ring, for `/status`; written only on transitions.
+    reason: Mutex<Option<String>>,
+    /// Its counters and histogram.
+    pub metrics: BackendMetrics,
 }
 
 /// A passive ejection just applied.
@@ -45,17 +57,52 @@ pub struct Ejection {
 }
 
 impl BackendState {
-    /// A healthy backend with an empty pool.
-    pub fn new(name: Arc<str>, address: Address) -> Arc<Self> {
+    /// A healthy backend with an empty pool, recording into `metrics`.
+    pub fn new(name: Arc<str>, address: Address, metrics: BackendMetrics) -> Arc<Self> {
         Arc::new(BackendState {
             name,
             address,
             pool: Arc::default(),
             down: AtomicBool::new(false),
-            failures: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
-            ejections: AtomicU32::new(0),
+            passive_dirty: AtomicBool::new(false),
+            passive: Mutex::new(Passive::default()),
+            in_flight: AtomicU64::new(0),
+            failures_total: AtomicU64::new(0),
+            reason: Mutex::new(None),
+            metrics,
         })
+    }
+
+    /// Requests sent to it and not finished.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Failed requests since it joined.
+    pub fn failures_total(&self) -> u64 {
+        self.failures_total.load(Ordering::Relaxed)
+    }
+
+    /// Why it is down or ejected, when it is.
+    pub fn reason(&self) -> Option<String> {
+        if self.is_available() {
+            return None;
+        }
+        self.reason.lock().ok().and_then(|r| r.clone())
+    }
+
+    /// Records why it left the ring; shown by `/status` while it is out.
+    pub fn set_reason(&self, why: String) {
+        if let Ok(mut r) = self.reason.lock() {
+            *r = Some(why);
+        }
+    }
+
+    /// Counts a request as started on it; the guard counts it finished when dropped.
+    pub fn start_request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
     }
 
     /// May take new requests: not down by active checks, not passively ejected.
@@ -90,48 +137,81 @@ impl BackendState {
         self.down.swap(down, Ordering::Relaxed) != down
     }
 
-    /// A request it answered normally: the failure count starts over and probation ends.
+    /// A request it answered normally: the failure count starts over, and once an
+    /// ejection is over, probation ends.
     pub fn record_success(&self) {
-        // Loads first: most requests succeed and should not write shared cache lines.
-        if self.failures.load(Ordering::Relaxed) != 0 {
-            self.failures.store(0, Ordering::Relaxed);
+        if !self.passive_dirty.load(Ordering::Relaxed) {
+            return;
         }
-        if self.ejections.load(Ordering::Relaxed) != 0 && !self.is_ejected() {
-            self.ejections.store(0, Ordering::Relaxed);
+        let Ok(mut p) = self.passive.lock() else {
+            return;
+        };
+        p.failures = 0;
+        if !self.is_ejected() {
+            p.ejections = 0;
         }
+        self.passive_dirty
+            .store(p.ejections != 0, Ordering::Relaxed);
     }
 
     /// A request it failed (connect error, timeout, 502/503/504). Returns the ejection
     /// this failure caused, if any: after `consecutive_failures` in a row, or at once
     /// while on probation after an earlier ejection.
     pub fn record_failure(&self, policy: &OutlierDetection) -> Option<Ejection> {
-        if policy.consecutive_failures == 0 || self.is_ejected() {
+        if policy.consecutive_failures == 0 {
             return None;
         }
-        let failures = self
-            .failures
-            .fetch_add(1, Ordering::Relaxed)
-            .saturating_add(1);
-        let previous = self.ejections.load(Ordering::Relaxed);
-        if previous == 0 && failures < policy.consecutive_failures {
+        self.failures_total.fetch_add(1, Ordering::Relaxed);
+        let mut p = self.passive.lock().ok()?;
+        // Failures of requests already in flight when it was ejected do not extend it.
+        if self.is_ejected() {
             return None;
         }
-        let nth = previous.saturating_add(1);
+        p.failures = p.failures.saturating_add(1);
+        self.passive_dirty.store(true, Ordering::Relaxed);
+        if p.ejections == 0 && p.failures < policy.consecutive_failures {
+            return None;
+        }
+        let nth = p.ejections.saturating_add(1);
         let duration = ejection_time(policy.ejection_time, nth);
-        let until =
-            clock_ms().saturating_add(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX));
-        let current = self.ejected_until.load(Ordering::Relaxed);
-        // One thread applies the ejection; others that raced it see it applied.
+        // Rounded up, so an ejection never ends early.
+        let millis = u64::try_from(duration.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
         self.ejected_until
-            .compare_exchange(current, until, Ordering::Relaxed, Ordering::Relaxed)
-            .ok()?;
-        self.ejections.store(nth, Ordering::Relaxed);
-        self.failures.store(0, Ordering::Relaxed);
+            .store(clock_ms().saturating_add(millis), Ordering::Relaxed);
+        let failures = p.failures;
+        p.ejections = nth;
+        p.failures = 0;
         Some(Ejection {
             duration,
             nth,
             failures,
         })
+    }
+}
+
+/// The passive-check counters, guarded together.
+#[derive(Debug, Default)]
+struct Passive {
+    /// Failed requests in a row.
+    failures: u32,
+    /// Ejections in a row; above 0 the backend is on probation: one failure ejects it again.
+    ejections: u32,
+}
+
+/// One request in flight to a backend; finishing (dropping) it lowers the count.
+#[derive(Debug)]
+pub struct InFlight(Arc<BackendState>);
+
+impl InFlight {
+    /// The backend the request went to.
+    pub fn backend(&self) -> &Arc<BackendState> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -164,7 +244,11 @@ mod tests {
     use super::*;
 
     fn backend() -> Arc<BackendState> {
-        BackendState::new("a".into(), Address::parse("127.0.0.1:1").unwrap())
+        BackendState::new(
+            "a".into(),
+            Address::parse("127.0.0.1:1").unwrap(),
+            crate::metrics::Metrics::new().backend("a"),
+        )
     }
 
     fn policy(n: u32, ms: u64) -> OutlierDetection {

@@ -31,6 +31,7 @@ pub mod cli;
 pub mod config;
 pub mod health;
 pub mod key;
+pub mod metrics;
 pub mod proxy;
 pub mod ring;
 pub mod server;

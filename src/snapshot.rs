@@ -4,10 +4,13 @@
 
 use std::sync::Arc;
 
+use std::time::SystemTime;
+
 use arc_swap::ArcSwap;
 
 use crate::backend::BackendState;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::ring::{BackendId, Member, Ring, RingError};
 
 /// Everything a request reads, swapped whole.
@@ -21,6 +24,10 @@ pub struct Snapshot {
     pub ring: Ring,
     /// Indexed by `BackendId`, in `config.backends` order.
     pub backends: Vec<Arc<BackendState>>,
+    /// When this snapshot was built.
+    pub loaded_at: SystemTime,
+    /// The process's metrics, handed from snapshot to snapshot.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The live snapshot.
@@ -33,6 +40,7 @@ impl Snapshot {
     /// # Errors
     /// `RingError` when the ring cannot be built.
     pub fn build(config: Config, previous: Option<&Snapshot>) -> Result<Snapshot, RingError> {
+        let metrics = previous.map_or_else(|| Arc::new(Metrics::new()), |p| p.metrics.clone());
         let backends: Vec<Arc<BackendState>> = config
             .backends
             .iter()
@@ -44,7 +52,13 @@ impl Snapshot {
                             .find(|s| s.name == b.name && s.address == b.address)
                     })
                     .cloned()
-                    .unwrap_or_else(|| BackendState::new(b.name.clone(), b.address.clone()))
+                    .unwrap_or_else(|| {
+                        BackendState::new(
+                            b.name.clone(),
+                            b.address.clone(),
+                            metrics.backend(&b.name),
+                        )
+                    })
             })
             .collect();
         let members = config
@@ -65,6 +79,8 @@ impl Snapshot {
             config,
             ring,
             backends,
+            loaded_at: SystemTime::now(),
+            metrics,
         })
     }
 

@@ -62,6 +62,8 @@ async fn a_killed_backend_leaves_the_ring_only_its_keys_move_and_they_come_back(
     .await;
     assert_served_by_first_not_in(&proxy, &[]).await;
 
+    // With retries alone a dead owner's keys would reach the same next backend; the
+    // waits on is_down below are what prove the checks took it out.
     let b_addr = b.kill().await;
     let killed = Instant::now();
     wait_until(Duration::from_secs(10), "b to be taken out", || async {
@@ -137,7 +139,7 @@ async fn every_backend_down_by_active_checks_is_a_503() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_backend_under_load_fails_no_get() {
     let (a, b, c) = (
         TestBackend::spawn("a").await,
@@ -150,14 +152,15 @@ async fn killing_a_backend_under_load_fails_no_get() {
     );
     let proxy = Arc::new(TestProxy::spawn(&yaml).await);
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let limit = Instant::now() + Duration::from_secs(30);
     let mut workers = Vec::new();
     for w in 0..16 {
-        let (proxy, ok, failed) = (proxy.clone(), ok.clone(), failed.clone());
+        let (proxy, ok, failed, stop) = (proxy.clone(), ok.clone(), failed.clone(), stop.clone());
         workers.push(tokio::spawn(async move {
-            // Bounded in count and in time.
-            for i in 0..5_000 {
-                if Instant::now() > deadline {
+            // Bounded in count and in time; stopped once the checks have noticed.
+            for i in 0..100_000 {
+                if stop.is_cancelled() || Instant::now() > limit {
                     break;
                 }
                 let reply = proxy.get(&format!("/load/{w}/{i}")).await;
@@ -170,21 +173,39 @@ async fn killing_a_backend_under_load_fails_no_get() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let served_before = b.hits();
+    wait_until(
+        Duration::from_secs(10),
+        "b to take part in the load",
+        || async { b.hits() > 100 },
+    )
+    .await;
     b.kill().await;
+    let ok_at_kill = ok.load(Ordering::SeqCst);
+    wait_until(Duration::from_secs(15), "checks to take b out", || async {
+        is_down(&proxy.live, "b")
+    })
+    .await;
+    let ok_at_down = ok.load(Ordering::SeqCst);
+    wait_until(
+        Duration::from_secs(10),
+        "more load after b is out",
+        || async { ok.load(Ordering::SeqCst) > ok_at_down + 500 },
+    )
+    .await;
+    stop.cancel();
     for w in workers {
         w.await.unwrap();
     }
-    assert!(served_before > 0, "b took part in the load before it died");
+    assert!(
+        ok_at_down > ok_at_kill,
+        "requests were served between the kill and the checks noticing"
+    );
     assert_eq!(
         failed.load(Ordering::SeqCst),
         0,
         "GETs failed while b died ({} ok)",
         ok.load(Ordering::SeqCst)
     );
-    assert!(ok.load(Ordering::SeqCst) > 500, "the load ran");
-    assert!(is_down(&proxy.live, "b"), "active checks noticed");
 }
 
 fn path_owned_by(proxy: &TestProxy, first: &str) -> (String, Vec<String>) {
@@ -211,7 +232,10 @@ async fn passive_ejection_backs_off_on_probation_and_a_success_ends_it() {
     .await;
     let (key, _) = path_owned_by(&proxy, "flaky");
     flaky.fail_with(503);
+    let mut ejected = Instant::now();
     for _ in 0..3 {
+        // The ejection starts during the last of these requests, not before it.
+        ejected = Instant::now();
         let r = proxy.get(&key).await;
         assert_eq!(
             (r.status.as_u16(), r.served_by.as_deref()),
@@ -219,7 +243,6 @@ async fn passive_ejection_backs_off_on_probation_and_a_success_ends_it() {
             "passed through"
         );
     }
-    let ejected = Instant::now();
     assert_eq!(
         proxy.get(&key).await.served_by.as_deref(),
         Some("steady"),
@@ -227,18 +250,25 @@ async fn passive_ejection_backs_off_on_probation_and_a_success_ends_it() {
     );
 
     // Back after ejection_time, on probation: its one failure ejects it for twice as long.
-    let mut back = proxy.get(&key).await;
-    while back.served_by.as_deref() == Some("steady") {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        back = proxy.get(&key).await;
-    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reejected = loop {
+        assert!(
+            Instant::now() < deadline,
+            "flaky never came back from its first ejection"
+        );
+        let tried = Instant::now();
+        let r = proxy.get(&key).await;
+        if r.served_by.as_deref() == Some("flaky") {
+            assert_eq!(r.status, 503);
+            break tried;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(
         ejected.elapsed() >= Duration::from_millis(1000),
         "back after only {:?}",
         ejected.elapsed()
     );
-    assert_eq!(back.status, 503);
-    let reejected = Instant::now();
     assert_eq!(
         proxy.get(&key).await.served_by.as_deref(),
         Some("steady"),
@@ -277,7 +307,20 @@ async fn when_passive_ejection_would_empty_the_ring_keys_still_reach_their_owner
     let (key_a, _) = path_owned_by(&proxy, "a");
     let (key_b, _) = path_owned_by(&proxy, "b");
     proxy.get(&key_a).await; // ejects a
-    proxy.get(&key_b).await; // ejects b
+    let ejected = |name: &str| {
+        let snap = proxy.live.load();
+        snap.backends
+            .iter()
+            .any(|b| &*b.name == name && b.is_ejected())
+    };
+    assert!(ejected("a") && !ejected("b"));
+    let r = proxy.get(&key_a).await;
+    assert_eq!(
+        r.served_by.as_deref(),
+        Some("b"),
+        "with only a ejected, its keys go to b"
+    );
+    assert!(ejected("b"), "b failed too (consecutive_failures: 1)");
     for (key, owner) in [(&key_a, "a"), (&key_b, "b")] {
         let r = proxy.get(key).await;
         assert_eq!(

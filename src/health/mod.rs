@@ -50,6 +50,8 @@ async fn run(backend: Arc<BackendState>, check: HealthCheck) {
     // A random first wait within one interval spreads the backends' checks apart.
     tokio::time::sleep(check.interval.mul_f64(unit_random(&backend.name, u64::MAX))).await;
     loop {
+        // Rounds start every interval, however long the probe took.
+        let round_start = tokio::time::Instant::now();
         let outcome = probe(&backend, &check).await;
         if let Err(why) = &outcome {
             debug!(backend = %backend.name, %why, "health check failed");
@@ -65,7 +67,7 @@ async fn run(backend: Arc<BackendState>, check: HealthCheck) {
         }
         round += 1;
         let jitter = 1.0 + JITTER * (2.0 * unit_random(&backend.name, round) - 1.0);
-        tokio::time::sleep(check.interval.mul_f64(jitter)).await;
+        tokio::time::sleep_until(round_start + check.interval.mul_f64(jitter)).await;
     }
 }
 

@@ -105,9 +105,10 @@ async fn forward(
     parts.version = Version::HTTP_11;
     // A bodiless idempotent request can be sent again if its backend dies before
     // answering (nginx's `proxy_next_upstream error`): keep its head for that.
-    let replay = (upgrade.is_none()
+    let replay = (snap.config.retries > 0
+        && upgrade.is_none()
         && http_body::Body::is_end_stream(&body)
-        && is_idempotent(&parts.method))
+        && is_replayable(&parts.method))
     .then(|| parts.clone());
     let mut req = Some(Request::from_parts(parts, ClientBody::new(body)));
 
@@ -175,7 +176,7 @@ async fn forward(
                 }
                 match e {
                     ProxyError::Upstream { .. } if replay.is_some() => {
-                        debug!(backend = %backend.name, error = %e, "no answer to an idempotent request, trying the next backend");
+                        debug!(backend = %backend.name, error = %e, "no answer to a safe request, trying the next backend");
                         last = Some(e);
                     }
                     e => return Err(e),
@@ -196,12 +197,11 @@ async fn forward(
     })
 }
 
-/// Methods RFC 9110 §9.2.2 calls idempotent: sending one twice has the effect of once.
-fn is_idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
+/// Methods safe to send again to another backend: reads (RFC 9110 §9.2.1). PUT and
+/// DELETE are idempotent on one server, but on another shard a replayed write lands
+/// where the key does not live.
+fn is_replayable(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
 /// Counts a failure against `backend` and logs the ejection it causes.
