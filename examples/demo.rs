@@ -59,12 +59,12 @@ async fn demo() -> Result<(), Box<dyn std::error::Error>> {
             .map_err(|e| format!("cannot start backend {} on {addr}: {e}", b.name))?;
         tokio::spawn(echo::serve(listener, b.name.clone()));
     }
-    let listeners = ringlb::server::bind(&config).await?;
-    let proxy = listeners[0].local_addr()?;
+    let bound = ringlb::server::bind(&config).await?;
+    let proxy = bound.proxy[0].local_addr()?;
     let live = Arc::new(Live::from_pointee(Snapshot::build(config, None)?));
     let stop = CancellationToken::new();
     ringlb::shutdown::on_signal(stop.clone());
-    let server = tokio::spawn(ringlb::server::serve(listeners, live.clone(), stop.clone()));
+    let server = tokio::spawn(ringlb::server::serve(bound, live.clone(), stop.clone()));
 
     println!(
         "ringlb is proxying http://{proxy} to {} backends ({})\n",

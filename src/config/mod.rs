@@ -34,10 +34,21 @@ pub struct Config {
     pub limits: Limits,
     /// Runtime worker threads; 0 means one per core.
     pub workers: usize,
+    /// Write one access-log line per request.
+    pub access_log: bool,
+    /// The admin listener, when configured.
+    pub admin: Option<Admin>,
     /// Active checks, when configured.
     pub health_check: Option<HealthCheck>,
     /// Passive ejection on live traffic.
     pub outlier_detection: OutlierDetection,
+}
+
+/// The `admin` block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admin {
+    /// The admin listener's address.
+    pub bind: SocketAddr,
 }
 
 /// The `health_check` block.

@@ -42,12 +42,26 @@ pub struct RawConfig {
     /// Runtime worker threads.
     #[serde(default = "default_workers")]
     pub workers: Workers,
+    /// One log line per request; on unless `false`.
+    #[serde(default = "default_access_log")]
+    pub access_log: bool,
+    /// The admin listener; absent means none.
+    #[serde(default)]
+    pub admin: Option<RawAdmin>,
     /// Active checks; absent means none.
     #[serde(default)]
     pub health_check: Option<RawHealthCheck>,
     /// Passive checks on live traffic; always on, with defaults.
     #[serde(default)]
     pub outlier_detection: RawOutlierDetection,
+}
+
+/// The `admin` block.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Address and port of the admin listener.
+    pub bind: BindAddr,
 }
 
 /// The `health_check` block.
@@ -242,4 +256,7 @@ fn default_consecutive_failures() -> FailureCount {
 }
 fn default_ejection_time() -> Span {
     Span(Duration::from_secs(30))
+}
+fn default_access_log() -> bool {
+    true
 }

@@ -10,7 +10,9 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 
 use super::error::Diagnostic;
 use super::raw::RawConfig;
-use super::{Backend, Config, Hash, HealthCheck, Limits, Listener, OutlierDetection, Timeouts};
+use super::{
+    Admin, Backend, Config, Hash, HealthCheck, Limits, Listener, OutlierDetection, Timeouts,
+};
 
 /// Most ring points accepted: 12 bytes each, so at most about 200 MB and a build of
 /// seconds; 1,000 backends x 160 vnodes is 160,000.
@@ -60,6 +62,18 @@ pub(crate) fn validate(
             );
         }
         binds.push(l.bind.0);
+    }
+
+    if let Some(admin) = &raw.admin {
+        if let Some(j) = binds.iter().position(|b| overlaps(*b, admin.bind.0)) {
+            fail(
+                &[Seg::Key("admin"), Seg::Key("bind")],
+                format!(
+                    "{} overlaps listeners[{j}].bind ({})",
+                    admin.bind.0, binds[j]
+                ),
+            );
+        }
     }
 
     let mut names: HashMap<String, usize> = HashMap::with_capacity(raw.backends.len());
@@ -151,6 +165,8 @@ pub(crate) fn validate(
             max_header_bytes: raw.limits.max_header_bytes.0,
         },
         workers: raw.workers.0,
+        access_log: raw.access_log,
+        admin: raw.admin.map(|a| Admin { bind: a.bind.0 }),
         health_check: raw.health_check.map(|h| HealthCheck {
             path: h.path.0,
             interval: h.interval.0,

@@ -57,6 +57,9 @@ async fn run(backend: Arc<BackendState>, check: HealthCheck) {
             debug!(backend = %backend.name, %why, "health check failed");
         }
         if let Some(change) = policy.record(outcome.is_ok()) {
+            if let Err(why) = &outcome {
+                backend.set_reason(format!("{change}, last: {why}"));
+            }
             backend.set_down(!change.is_up());
             match &outcome {
                 Err(why) => {

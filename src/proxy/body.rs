@@ -2,7 +2,7 @@
 //! failures), and the response body on its way down (returning the connection to its pool).
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -11,6 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::Notify;
 
+use super::access::Completion;
 use crate::backend::BackendState;
 use crate::upstream::Sender;
 
@@ -60,9 +61,15 @@ impl ClientBody {
 pub struct BodySent {
     flag: AtomicBool,
     notify: Notify,
+    bytes: AtomicU64,
 }
 
 impl BodySent {
+    /// Body bytes handed to the backend so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
     /// Waits until the body has been sent (or failed).
     pub async fn wait(&self) {
         let notified = self.notify.notified();
@@ -109,6 +116,11 @@ impl Body for ClientBody {
             .poll_frame(cx)
             .map_err(ClientBodyError);
         let ended = inner.is_end_stream();
+        if let (Poll::Ready(Some(Ok(frame))), Some(sent)) = (&polled, &self.sent) {
+            if let Some(data) = frame.data_ref() {
+                sent.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+        }
         match &polled {
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.finished(),
             Poll::Ready(Some(Ok(_))) if ended => self.finished(),
@@ -128,9 +140,16 @@ impl Body for ClientBody {
     }
 }
 
-/// What the proxy answers with: a backend's streamed body, or a short fixed text.
+/// What the proxy answers with: a backend's streamed body or a short fixed text, and
+/// the request's `Completion`, recorded when the body ends or is dropped.
 #[derive(Debug)]
-pub enum ProxyBody {
+pub struct ProxyBody {
+    kind: Kind,
+    done: Option<Completion>,
+}
+
+#[derive(Debug)]
+enum Kind {
     /// Streamed from a backend.
     Upstream(UpstreamBody),
     /// Written by the proxy itself (errors); `None` once sent.
@@ -140,12 +159,37 @@ pub enum ProxyBody {
 impl ProxyBody {
     /// A fixed body.
     pub fn text(s: &'static str) -> Self {
-        ProxyBody::Fixed(Some(Bytes::from_static(s.as_bytes())))
+        ProxyBody {
+            kind: Kind::Fixed(Some(Bytes::from_static(s.as_bytes()))),
+            done: None,
+        }
     }
 
     /// No body (e.g. a 101 answer).
     pub fn empty() -> Self {
-        ProxyBody::Fixed(None)
+        ProxyBody {
+            kind: Kind::Fixed(None),
+            done: None,
+        }
+    }
+
+    /// A backend's body.
+    pub fn upstream(body: UpstreamBody) -> Self {
+        ProxyBody {
+            kind: Kind::Upstream(body),
+            done: None,
+        }
+    }
+
+    /// Attaches the request's record; it is written when the body ends, at once if it
+    /// has nothing to send.
+    pub fn finish_with(mut self, done: Completion) -> Self {
+        if self.is_end_stream() {
+            drop(done);
+        } else {
+            self.done = Some(done);
+        }
+        self
     }
 }
 
@@ -181,9 +225,10 @@ impl Body for ProxyBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.get_mut() {
-            ProxyBody::Fixed(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ProxyBody::Upstream(u) => {
+        let this = self.get_mut();
+        let polled = match &mut this.kind {
+            Kind::Fixed(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Upstream(u) => {
                 let polled = Pin::new(&mut u.inner).poll_frame(cx);
                 match &polled {
                     Poll::Ready(None) => u.release(),
@@ -193,21 +238,30 @@ impl Body for ProxyBody {
                 }
                 polled
             }
+        };
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let (Some(done), Some(data)) = (this.done.as_mut(), frame.data_ref()) {
+                done.sent(data.len());
+            }
         }
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) || this.is_end_stream() {
+            this.done = None; // records the request now, not when hyper drops the body
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            ProxyBody::Fixed(b) => b.is_none(),
-            ProxyBody::Upstream(u) => u.inner.is_end_stream(),
+        match &self.kind {
+            Kind::Fixed(b) => b.is_none(),
+            Kind::Upstream(u) => u.inner.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            ProxyBody::Fixed(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            ProxyBody::Fixed(None) => SizeHint::with_exact(0),
-            ProxyBody::Upstream(u) => u.inner.size_hint(),
+        match &self.kind {
+            Kind::Fixed(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Kind::Fixed(None) => SizeHint::with_exact(0),
+            Kind::Upstream(u) => u.inner.size_hint(),
         }
     }
 }

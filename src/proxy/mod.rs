@@ -1,6 +1,7 @@
 //! The request path: one snapshot per request -> key -> failover walk -> upstream ->
 //! response, with retries only where the backend cannot have seen the request.
 
+pub mod access;
 pub mod body;
 pub mod error;
 pub mod headers;
@@ -8,6 +9,7 @@ pub mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
@@ -19,8 +21,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::backend::BackendState;
+use crate::metrics::ErrorKind;
 use crate::snapshot::{Live, Snapshot};
 use crate::upstream::ConnectError;
+use access::{Completion, RequestLine, Trace};
 use body::{ClientBody, ClientBodyError, ProxyBody, UpstreamBody};
 pub use error::ProxyError;
 
@@ -43,28 +47,41 @@ pub struct ConnContext {
 
 /// Serves one client request; never fails, errors become their status and a short text.
 pub async fn handle(ctx: &ConnContext, req: Request<Incoming>) -> Response<ProxyBody> {
+    let started = Instant::now();
     // This request's config, start to finish, whatever reloads happen meanwhile.
     let snap = ctx.live.load_full();
     let peer = ctx.peer;
     let version = req.version();
-    match forward(&snap, req, ctx).await {
+    let line = snap.config.access_log.then(|| RequestLine {
+        peer,
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+    });
+    let mut trace = Trace::default();
+    let res = match forward(&snap, req, ctx, &mut trace).await {
         Ok(res) => res,
         Err(e) => {
             match &e {
-                ProxyError::BadRequest(_) | ProxyError::ClientBody { .. } => {
+                ProxyError::BadRequest(_)
+                | ProxyError::ClientBody { .. }
+                | ProxyError::NotImplemented(_) => {
                     debug!(client = %peer, error = %e, "rejected")
                 }
                 _ => warn!(client = %peer, error = %e, "request failed"),
             }
             e.to_response(version)
         }
-    }
+    };
+    let (parts, body) = res.into_parts();
+    let done = Completion::new(started, parts.status, trace, line, snap);
+    Response::from_parts(parts, body.finish_with(done))
 }
 
 async fn forward(
     snap: &Snapshot,
     req: Request<Incoming>,
     ctx: &ConnContext,
+    trace: &mut Trace,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let peer = ctx.peer;
     let (mut parts, body) = req.into_parts();
@@ -110,7 +127,9 @@ async fn forward(
         && http_body::Body::is_end_stream(&body)
         && is_replayable(&parts.method))
     .then(|| parts.clone());
-    let mut req = Some(Request::from_parts(parts, ClientBody::new(body)));
+    let body = ClientBody::new(body);
+    trace.uploaded = body.sent();
+    let mut req = Some(Request::from_parts(parts, body));
 
     let config = &snap.config;
     let max_attempts = config.retries.saturating_add(1);
@@ -135,7 +154,12 @@ async fn forward(
             break;
         };
         attempts += 1;
+        trace.attempts = attempts;
+        if attempts > 1 {
+            snap.metrics.retries.inc();
+        }
         let backend = snap.backend(id);
+        let flight = backend.start_request();
         let outgoing = match (req.take(), &replay) {
             (Some(r), _) => r,
             (None, Some(head)) => Request::from_parts(head.clone(), ClientBody::empty()),
@@ -150,17 +174,20 @@ async fn forward(
                 }
                 if let Some((client, _)) = upgrade {
                     if res.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                        trace.target = Some(flight);
                         upgrade::tunnel(client, &mut res, backend.name.clone(), ctx);
                         let (parts, _) = res.into_parts();
                         return Ok(Response::from_parts(parts, ProxyBody::empty()));
                     }
                 }
+                trace.target = Some(flight);
                 let (mut parts, body) = res.into_parts();
                 headers::remove_hop_by_hop(&mut parts.headers);
                 let body = UpstreamBody::new(body, Some((backend.clone(), sender)));
-                return Ok(Response::from_parts(parts, ProxyBody::Upstream(body)));
+                return Ok(Response::from_parts(parts, ProxyBody::upstream(body)));
             }
             Attempt::Unsent(back, source) => {
+                backend.metrics.error(ErrorKind::Connect);
                 record_failure(backend, config, &source);
                 debug!(backend = %backend.name, error = %source, "not sent, trying the next backend");
                 req = Some(back);
@@ -171,6 +198,11 @@ async fn forward(
                 });
             }
             Attempt::Failed(e) => {
+                match e {
+                    ProxyError::Timeout { .. } => backend.metrics.error(ErrorKind::Timeout),
+                    ProxyError::Upstream { .. } => backend.metrics.error(ErrorKind::Reset),
+                    _ => {}
+                }
                 if !matches!(e, ProxyError::ClientBody { .. }) {
                     record_failure(backend, config, &e);
                 }
@@ -211,6 +243,7 @@ fn record_failure(
     why: impl std::fmt::Display,
 ) {
     if let Some(ejection) = backend.record_failure(&config.outlier_detection) {
+        backend.set_reason(format!("{ejection}, last: {why}"));
         warn!(backend = %backend.name, "{} {ejection}, last: {why}", backend.name);
     }
 }

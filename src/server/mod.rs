@@ -43,22 +43,35 @@ pub enum StartError {
     Ring(#[from] crate::ring::RingError),
 }
 
-/// Binds every listener of `config`, all or none.
+/// The sockets a config asks for, bound before anything serves.
+#[derive(Debug)]
+pub struct Bound {
+    /// One per `listeners[]` entry, in order.
+    pub proxy: Vec<TcpListener>,
+    /// The admin listener, when `admin` is set.
+    pub admin: Option<TcpListener>,
+}
+
+/// Binds every listener of `config` (and the admin listener), all or none.
 ///
 /// # Errors
 /// `StartError::Bind` naming the first address that failed.
-pub async fn bind(config: &Config) -> Result<Vec<TcpListener>, StartError> {
-    let mut out = Vec::with_capacity(config.listeners.len());
+pub async fn bind(config: &Config) -> Result<Bound, StartError> {
+    let mut proxy = Vec::with_capacity(config.listeners.len());
     for l in &config.listeners {
-        let listener = TcpListener::bind(l.bind)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: l.bind,
-                source,
-            })?;
-        out.push(listener);
+        proxy.push(bind_one(l.bind).await?);
     }
-    Ok(out)
+    let admin = match &config.admin {
+        Some(a) => Some(bind_one(a.bind).await?),
+        None => None,
+    };
+    Ok(Bound { proxy, admin })
+}
+
+async fn bind_one(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
 }
 
 /// Binds, builds the first snapshot and serves until `stop`, then drains.
@@ -66,25 +79,37 @@ pub async fn bind(config: &Config) -> Result<Vec<TcpListener>, StartError> {
 /// # Errors
 /// `StartError` when a listener cannot bind or the ring cannot be built.
 pub async fn run(config: Config, stop: CancellationToken) -> Result<(), StartError> {
-    let listeners = bind(&config).await?;
+    let bound = bind(&config).await?;
     let live = Arc::new(Live::from_pointee(Snapshot::build(config, None)?));
-    serve(listeners, live, stop).await;
+    serve(bound, live, stop).await;
     Ok(())
 }
 
-/// Serves on pre-bound `listeners` until `stop`: then the listeners close at once (new
+/// Serves on pre-bound listeners until `stop`: then the listeners close at once (new
 /// connections are refused), open connections finish their requests and close, and
 /// after `timeouts.shutdown` whatever is left is abandoned.
-pub async fn serve(listeners: Vec<TcpListener>, live: Arc<Live>, stop: CancellationToken) {
+pub async fn serve(bound: Bound, live: Arc<Live>, stop: CancellationToken) {
     let snap = live.load();
     let limit = Arc::new(Semaphore::new(snap.config.limits.max_connections));
     let drain = snap.config.timeouts.shutdown;
+    snap.metrics.watch(&live);
+    snap.metrics.reload(true);
     drop(snap);
 
-    // Connections, their tunnels and the health checkers: the drain waits for all.
+    // Connections, their tunnels, the health checkers and the admin listener: the
+    // drain waits for all.
     let conns = TaskTracker::new();
     crate::health::spawn(&live.load(), &conns, &stop);
-    let accepts: Vec<_> = listeners
+    if let Some(admin) = bound.admin {
+        conns.spawn(crate::admin::serve(
+            admin,
+            live.clone(),
+            stop.clone(),
+            conns.clone(),
+        ));
+    }
+    let accepts: Vec<_> = bound
+        .proxy
         .into_iter()
         .map(|l| {
             let addr = l
@@ -109,9 +134,9 @@ pub async fn serve(listeners: Vec<TcpListener>, live: Arc<Live>, stop: Cancellat
     if conns.is_empty() {
         return;
     }
-    info!(connections = conns.len(), "draining");
+    info!(tasks = conns.len(), "draining");
     if tokio::time::timeout(drain, conns.wait()).await.is_err() {
-        warn!(connections = conns.len(), after = ?drain, "drain time over, closing what is left");
+        warn!(tasks = conns.len(), after = ?drain, "drain time over, closing what is left");
     }
 }
 
@@ -169,6 +194,7 @@ async fn connection(
     let snap = live.load();
     let t = snap.config.timeouts;
     let max_header_bytes = snap.config.limits.max_header_bytes;
+    let _open = Open::new(snap.metrics.client_connections.clone());
     drop(snap);
 
     let activity = Arc::new(Activity::default());
@@ -230,5 +256,21 @@ async fn connection(
     };
     if let Err(e) = result {
         debug!(client = %peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Counts a client connection as open until dropped.
+struct Open(prometheus_client::metrics::gauge::Gauge);
+
+impl Open {
+    fn new(gauge: prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Open(gauge)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

@@ -374,6 +374,8 @@ pub struct Reply {
 /// The real proxy, served from the library on 127.0.0.1:0.
 pub struct TestProxy {
     pub addr: SocketAddr,
+    /// The admin listener, when the config has one.
+    pub admin: Option<SocketAddr>,
     pub live: Arc<Live>,
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
@@ -385,17 +387,22 @@ impl TestProxy {
     pub async fn spawn(yaml: &str) -> Self {
         let config = ringlb::config::from_str(yaml, "test.yaml")
             .unwrap_or_else(|e| panic!("test config: {e}"));
-        let listeners = ringlb::server::bind(&config)
+        let bound = ringlb::server::bind(&config)
             .await
             .expect("bind the proxy on 127.0.0.1:0");
-        let addr = listeners[0].local_addr().expect("local addr");
+        let addr = bound.proxy[0].local_addr().expect("local addr");
+        let admin = bound
+            .admin
+            .as_ref()
+            .map(|a| a.local_addr().expect("admin local addr"));
         let live = Arc::new(Live::from_pointee(
             Snapshot::build(config, None).expect("ring builds"),
         ));
         let stop = CancellationToken::new();
-        let task = tokio::spawn(ringlb::server::serve(listeners, live.clone(), stop.clone()));
+        let task = tokio::spawn(ringlb::server::serve(bound, live.clone(), stop.clone()));
         TestProxy {
             addr,
+            admin,
             live,
             stop,
             task: Some(task),

@@ -1,0 +1,275 @@
+//! The admin listener: a small HTTP/1.1 service on its own socket, never counted against
+//! the proxy's limits, answering /healthz /ready /status /route /metrics from the live
+//! snapshot. It changes nothing.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::backend::BackendState;
+use crate::snapshot::{Live, Snapshot};
+
+const JSON: &str = "application/json";
+const TEXT: &str = "text/plain; charset=utf-8";
+/// What Prometheus asks for; prometheus-client writes OpenMetrics text.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Serves the admin endpoints on `listener` until `stop`; connections run in `tasks`.
+pub async fn serve(
+    listener: TcpListener,
+    live: Arc<Live>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "admin listening");
+    }
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => break,
+        };
+        let live = live.clone();
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            let service = service_fn(move |req| {
+                let live = live.clone();
+                async move { Ok::<_, Infallible>(answer(&live, &req)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                () = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                debug!(client = %peer, error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+/// One admin request. Pure but for reading the live state.
+pub fn answer(live: &Live, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    let allowed: &'static str = match path {
+        "/healthz" | "/ready" | "/status" | "/route" | "/metrics" => "GET, HEAD",
+        _ => return reply(StatusCode::NOT_FOUND, TEXT, "not found\n".into()),
+    };
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut res = reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            TEXT,
+            "method not allowed\n".into(),
+        );
+        res.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allowed));
+        return res;
+    }
+    let snap = live.load();
+    match path {
+        "/healthz" => reply(StatusCode::OK, TEXT, "ok\n".into()),
+        "/ready" => {
+            if snap
+                .backends
+                .iter()
+                .any(|b| b.is_available() && owns_keys(&snap, b))
+            {
+                reply(StatusCode::OK, TEXT, "ready\n".into())
+            } else {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    TEXT,
+                    "not ready: no healthy backend\n".into(),
+                )
+            }
+        }
+        "/status" => reply(StatusCode::OK, JSON, pretty(&status(&snap))),
+        "/route" => match query_param(req.uri().query().unwrap_or(""), "key") {
+            Some(key) => reply(StatusCode::OK, JSON, pretty(&route(&snap, &key))),
+            None => reply(StatusCode::BAD_REQUEST, TEXT, "missing ?key=\n".into()),
+        },
+        _ => match snap.metrics.encode() {
+            Ok(text) => reply(StatusCode::OK, OPENMETRICS, text),
+            Err(e) => reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                TEXT,
+                format!("metrics: {e}\n"),
+            ),
+        },
+    }
+}
+
+fn owns_keys(snap: &Snapshot, b: &BackendState) -> bool {
+    snap.config
+        .backends
+        .iter()
+        .any(|c| c.name == b.name && c.weight > 0)
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::from(body)));
+    *res.status_mut() = status;
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    res
+}
+
+fn pretty(v: &Value) -> String {
+    let mut s =
+        serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    s.push('\n');
+    s
+}
+
+/// `up`, `down` (active checks) or `ejected` (passive).
+fn state(b: &BackendState) -> &'static str {
+    if b.is_down() {
+        "down"
+    } else if b.is_ejected() {
+        "ejected"
+    } else {
+        "up"
+    }
+}
+
+fn rfc3339(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// The `/status` document.
+pub fn status(snap: &Snapshot) -> Value {
+    let shares = snap.shares();
+    let backends: Vec<Value> = snap
+        .backends
+        .iter()
+        .zip(&snap.config.backends)
+        .zip(shares)
+        .map(|((b, c), share)| {
+            json!({
+                "name": &*b.name,
+                "address": b.address.to_string(),
+                "weight": c.weight,
+                "healthy": b.is_available(),
+                "state": state(b),
+                "reason": b.reason(),
+                "ring_share": share,
+                "in_flight": b.in_flight(),
+                "requests": b.metrics.requests(),
+                "failures": b.failures_total(),
+            })
+        })
+        .collect();
+    json!({
+        "config": snap.config.origin,
+        "generation": snap.generation,
+        "loaded_at": rfc3339(snap.loaded_at),
+        "ring_fingerprint": format!("{:016x}", snap.ring_fingerprint()),
+        "last_reload": {
+            "result": "ok",
+            "at": rfc3339(snap.loaded_at),
+            "error": Value::Null,
+        },
+        "backends": backends,
+    })
+}
+
+/// The `/route` document: the key's owner, its failover order with each backend's
+/// state, and which backend serves it now.
+pub fn route(snap: &Snapshot, key: &str) -> Value {
+    let source = snap
+        .config
+        .hash
+        .key
+        .first()
+        .unwrap_or(&crate::config::KeySource::Path);
+    let hash = crate::key::hash_value(source, key);
+    let order: Vec<&Arc<BackendState>> = snap
+        .ring
+        .failover(hash)
+        .map(|id| snap.backend(id))
+        .collect();
+    let serving = order
+        .iter()
+        .find(|b| b.is_available())
+        .or_else(|| order.iter().find(|b| !b.is_down()));
+    json!({
+        "key": key,
+        "hash": format!("{hash:016x}"),
+        "backend": order.first().map(|b| &*b.name),
+        "serving": serving.map(|b| &*b.name),
+        "failover": order.iter().map(|b| json!({
+            "name": &*b.name,
+            "address": b.address.to_string(),
+            "healthy": b.is_available(),
+            "state": state(b),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// The percent-decoded value of `name` in a query string.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                // Two hex digits are at most 255.
+                out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        assert_eq!(
+            query_param("key=%2Fk%2F42&x=1", "key").as_deref(),
+            Some("/k/42")
+        );
+        assert_eq!(query_param("x=1&key=/a+b", "key").as_deref(), Some("/a b"));
+        assert_eq!(query_param("key=100%", "key").as_deref(), Some("100%"));
+        assert_eq!(query_param("key=%zz", "key").as_deref(), Some("%zz"));
+        assert_eq!(query_param("x=1", "key"), None);
+    }
+}
