@@ -61,6 +61,7 @@ async fn demo() -> Result<(), Box<dyn std::error::Error>> {
     }
     let bound = ringlb::server::bind(&config).await?;
     let proxy = bound.proxy[0].local_addr()?;
+    let admin = bound.admin.as_ref().map(|a| a.local_addr()).transpose()?;
     let live = Arc::new(Live::from_pointee(Snapshot::build(config, None)?));
     let stop = CancellationToken::new();
     ringlb::shutdown::on_signal(stop.clone());
@@ -96,6 +97,9 @@ async fn demo() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     println!("\nTry it: curl -i http://{proxy}/users/1   (Ctrl-C to stop)");
+    if let Some(admin) = admin {
+        println!("        curl http://{admin}/status   curl 'http://{admin}/route?key=/users/1'   curl http://{admin}/metrics");
+    }
     stop.cancelled().await;
     server.await?;
     Ok(())

@@ -140,11 +140,16 @@ fn ring_prints_shares_against_ideal() {
 
 /// Starts `ringlb --config path` and waits for its "listening" log line.
 fn start(path: &std::path::Path, extra: &[&str]) -> (Child, SocketAddr) {
+    start_with(path, extra, Stdio::null())
+}
+
+/// Like `start`, with the child's stdout (the access log) going to `stdout`.
+fn start_with(path: &std::path::Path, extra: &[&str], stdout: Stdio) -> (Child, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ringlb"))
         .args(["--config", path.to_str().unwrap()])
         .args(extra)
         .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
+        .stdout(stdout)
         .stderr(Stdio::piped())
         .spawn()
         .expect("start ringlb");
@@ -254,4 +259,61 @@ fn route_reads_keys_as_the_configured_source_yields_them() {
         stdout.starts_with(&format!("10.1.2.3 -> {} (", snap.backend(owner).name)),
         "{stdout}"
     );
+}
+
+#[tokio::test]
+async fn the_access_log_writes_one_json_line_per_request_to_stdout_unless_off() {
+    let a = TestBackend::spawn("a").await;
+    for (name, extra, expected) in [
+        ("access-on", "", 2),
+        ("access-off", "access_log: false\n", 0),
+    ] {
+        let path = write_config(name, &format!("{}{extra}", yaml_with(&[&a])));
+        let (mut child, addr) = start_with(&path, &["--log-format", "json"], Stdio::piped());
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        for target in ["/al/1", "/al/2?x=1"] {
+            let r = reply(
+                client
+                    .get(format!("http://{addr}{target}").parse().unwrap())
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            assert_eq!(r.status, 200);
+        }
+        drop(client);
+        signal(&child, "-TERM");
+        let mut stdout = child.stdout.take().unwrap();
+        let out = tokio::task::spawn_blocking(move || {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut stdout, &mut s).unwrap();
+            let status = child.wait().unwrap();
+            (s, status)
+        })
+        .await
+        .unwrap();
+        assert_eq!(out.1.code(), Some(0));
+        let lines: Vec<serde_json::Value> = out
+            .0
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), expected, "{name}: {}", out.0);
+        for (line, target) in lines.iter().zip(["/al/1", "/al/2?x=1"]) {
+            assert_eq!(line["target"], "ringlb::access");
+            let f = &line["fields"];
+            assert_eq!(f["method"], "GET");
+            assert_eq!(f["path"], target);
+            assert_eq!(f["status"], 200);
+            assert_eq!(f["backend"], "a");
+            assert_eq!(f["attempts"], 1);
+            assert_eq!(f["bytes_in"], 0);
+            assert_eq!(f["bytes_out"], 1, "the body \"a\"");
+            assert!(f["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+            assert!(f["duration_ms"].as_f64().unwrap() >= 0.0);
+            assert!(line["timestamp"].is_string());
+        }
+    }
 }

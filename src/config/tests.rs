@@ -214,3 +214,24 @@ fn health_keys_take_defaults_and_are_checked() {
         "lb.yaml:6:3: outlier_detection: unknown field `ejection`, expected `consecutive_failures` or `ejection_time`"
     ));
 }
+
+#[test]
+fn admin_and_access_log_keys() {
+    let base = format!("{HEAD}backends:\n  - address: \"127.0.0.1:9001\"\n");
+    let c = from_str(&base, "lb.yaml").unwrap();
+    assert!(c.access_log, "on by default");
+    assert_eq!(c.admin, None, "absent means no admin listener");
+    let c = from_str(
+        &format!("{base}access_log: false\nadmin:\n  bind: \"127.0.0.1:9901\"\n"),
+        "lb.yaml",
+    )
+    .unwrap();
+    assert!(!c.access_log);
+    assert_eq!(c.admin.unwrap().bind, "127.0.0.1:9901".parse().unwrap());
+    assert_eq!(
+        err(&format!("{base}admin:\n  bind: \"0.0.0.0:8080\"\n")),
+        "lb.yaml:6:9: admin.bind: 0.0.0.0:8080 overlaps listeners[0].bind (127.0.0.1:8080)"
+    );
+    assert!(err(&format!("{base}access_log: yes please\n"))
+        .starts_with("lb.yaml:5:13: access_log: invalid type"));
+}

@@ -186,7 +186,9 @@ pub(crate) fn validate(
 /// Linux's `[::]` is dual-stack by default, so it also covers every IPv4 address.
 fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
     let wildcard_v6 = |x: SocketAddr| x.is_ipv6() && x.ip().is_unspecified();
+    // Port 0 asks the OS for a free port: such binds never collide.
     a.port() == b.port()
+        && a.port() != 0
         && (a.ip() == b.ip()
             || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified()))
             || wildcard_v6(a)
