@@ -8,8 +8,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
-use tracing_appender::non_blocking::WorkerGuard;
-use tracing_subscriber::fmt::writer::MakeWriterExt;
 
 use crate::config::{self, Config, KeySource};
 use crate::snapshot::Snapshot;
@@ -57,7 +55,10 @@ pub enum LogFormat {
 /// The whole binary: parse, dispatch, exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _flush_logs_at_exit = init_logging(cli.log_format);
+    let _flush_logs_at_exit = crate::logging::init(match cli.log_format {
+        LogFormat::Text => crate::logging::Format::Text,
+        LogFormat::Json => crate::logging::Format::Json,
+    });
     let loaded = config::load(&cli.config);
     let config = match loaded {
         Ok(c) => c,
@@ -85,30 +86,6 @@ pub fn main() -> ExitCode {
         },
     }
 }
-
-/// Logs go through background writers, so a request never waits on a terminal or a
-/// pipe: access lines (target `ringlb::access`) to stdout, everything else to stderr.
-/// The guards flush what is queued when dropped, at exit.
-fn init_logging(format: LogFormat) -> [WorkerGuard; 2] {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let (access, access_guard) = tracing_appender::non_blocking(std::io::stdout());
-    let (diagnostics, diagnostics_guard) = tracing_appender::non_blocking(std::io::stderr());
-    let writer = access
-        .with_filter(|meta| meta.target() == ACCESS_TARGET)
-        .or_else(diagnostics);
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-    [access_guard, diagnostics_guard]
-}
-
-/// The tracing target of access-log lines.
-pub const ACCESS_TARGET: &str = "ringlb::access";
 
 fn run(config: Config) -> ExitCode {
     let workers = match config.workers {

@@ -32,6 +32,7 @@ pub mod cli;
 pub mod config;
 pub mod health;
 pub mod key;
+pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod ring;

@@ -77,14 +77,17 @@ impl Drop for Completion {
         let metrics = backend.map_or(&self.snap.metrics.unrouted, |b| &b.metrics);
         metrics.record(self.status, elapsed);
         if let Some(line) = &self.line {
+            let mut client = [0u8; 64];
+            let client = crate::logging::format_addr(line.peer, &mut client);
+            let path = line.uri.path_and_query().map_or("/", |p| p.as_str());
             info!(
-                target: "ringlb::access",
-                client = %line.peer,
-                method = %line.method,
-                path = %line.uri,
-                status = self.status.as_u16(),
+                target: crate::logging::ACCESS_TARGET,
+                client,
+                method = line.method.as_str(),
+                path,
+                status = u64::from(self.status.as_u16()),
                 backend = backend.map_or("-", |b| &b.name),
-                attempts = self.trace.attempts,
+                attempts = u64::from(self.trace.attempts),
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
                 bytes_in = self.trace.uploaded.as_ref().map_or(0, |u| u.bytes()),
                 bytes_out = self.bytes_out,
