@@ -21,6 +21,8 @@ use crate::backend::BackendState;
 use crate::snapshot::{Live, Snapshot};
 
 const JSON: &str = "application/json";
+/// An admin client must send its request head within this time (and idle no longer).
+const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 const TEXT: &str = "text/plain; charset=utf-8";
 /// What Prometheus asks for; prometheus-client writes OpenMetrics text.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -55,6 +57,8 @@ pub async fn serve(
                 async move { Ok::<_, Infallible>(answer(&live, &req)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(ADMIN_HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             let result = tokio::select! {
@@ -92,10 +96,12 @@ pub fn answer(live: &Live, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     match path {
         "/healthz" => reply(StatusCode::OK, TEXT, "ok\n".into()),
         "/ready" => {
+            // The request path's own rule: passive ejection alone never empties the ring, so
+            // a backend not down by active checks still serves.
             if snap
                 .backends
                 .iter()
-                .any(|b| b.is_available() && owns_keys(&snap, b))
+                .any(|b| !b.is_down() && owns_keys(&snap, b))
             {
                 reply(StatusCode::OK, TEXT, "ready\n".into())
             } else {

@@ -158,10 +158,10 @@ impl BackendState {
     /// this failure caused, if any: after `consecutive_failures` in a row, or at once
     /// while on probation after an earlier ejection.
     pub fn record_failure(&self, policy: &OutlierDetection) -> Option<Ejection> {
+        self.failures_total.fetch_add(1, Ordering::Relaxed);
         if policy.consecutive_failures == 0 {
             return None;
         }
-        self.failures_total.fetch_add(1, Ordering::Relaxed);
         let mut p = self.passive.lock().ok()?;
         // Failures of requests already in flight when it was ejected do not extend it.
         if self.is_ejected() {

@@ -16,7 +16,7 @@ use std::time::SystemTime;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
-use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::filter::{filter_fn, FilterExt};
 use tracing_subscriber::fmt::{self as tfmt, MakeWriter};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
@@ -48,7 +48,8 @@ pub fn init(format: Format) -> [FlushGuard; 2] {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let (access, access_guard) = Batched::spawn("ringlb-access-log", io::stdout());
     let (diagnostics, diagnostics_guard) = Batched::spawn("ringlb-log", io::stderr());
-    let not_access = filter_fn(|meta| meta.target() != ACCESS_TARGET);
+    // RUST_LOG chooses diagnostics; only `access_log: false` turns access lines off.
+    let not_access = filter.and(filter_fn(|meta| meta.target() != ACCESS_TARGET));
     let diagnostics_layer = match format {
         Format::Text => tfmt::layer()
             .with_writer(diagnostics)
@@ -66,7 +67,6 @@ pub fn init(format: Format) -> [FlushGuard; 2] {
     }
     .with_filter(filter_fn(|meta| meta.target() == ACCESS_TARGET));
     tracing_subscriber::registry()
-        .with(filter)
         .with(diagnostics_layer)
         .with(access_layer)
         .init();
@@ -300,10 +300,8 @@ impl Batched {
                     }
                     let dropped = from.dropped.swap(0, Ordering::Relaxed);
                     if dropped > 0 {
-                        let _ = writeln!(
-                            spare,
-                            "ringlb: {dropped} log lines dropped: output too slow"
-                        );
+                        // To stderr: a plain line would break a JSON access stream on stdout.
+                        eprintln!("ringlb: {dropped} log lines dropped: output too slow");
                     }
                     if !spare.is_empty() {
                         // Nowhere to report a failing log output; keep serving.

@@ -388,3 +388,105 @@ async fn admin_requests_are_not_counted_against_max_connections() {
     let _ = held.read(&mut buf).await.unwrap();
     assert_eq!(admin_get(&proxy, "/healthz").await.status, 200);
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_before_the_answer_is_counted_as_499() {
+    let a = TestBackend::spawn("a").await;
+    let proxy = TestProxy::spawn(&yaml_for(&[("a", a.addr, 1)], ADMIN)).await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    use tokio::io::AsyncWriteExt;
+    s.write_all(b"GET /slow?ms=3000 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(5),
+        "the request to reach the backend",
+        || async { a.hits() == 1 },
+    )
+    .await;
+    drop(s);
+    wait_until(
+        Duration::from_secs(5),
+        "the abandoned request to be counted",
+        || async {
+            let s = parse_exposition(&admin_get(&proxy, "/metrics").await.body);
+            value(
+                &s,
+                "ringlb_requests_total",
+                &[("backend", "a"), ("code", "4xx")],
+            ) == 1.0
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_timeout_is_charged_to_the_backend_that_timed_out() {
+    let a = TestBackend::spawn("a").await;
+    let proxy = TestProxy::spawn(&yaml_for(
+        &[("a", a.addr, 1)],
+        &format!(
+            "{ADMIN}timeouts:\n  response: 200ms\noutlier_detection:\n  consecutive_failures: 0\n"
+        ),
+    ))
+    .await;
+    assert_eq!(proxy.get("/slow?ms=3000").await.status, 504);
+    let s = parse_exposition(&admin_get(&proxy, "/metrics").await.body);
+    assert_eq!(
+        value(
+            &s,
+            "ringlb_requests_total",
+            &[("backend", "a"), ("code", "5xx")]
+        ),
+        1.0
+    );
+    assert_eq!(value(&s, "ringlb_requests_total", &[("backend", "")]), 0.0);
+    assert_eq!(
+        value(
+            &s,
+            "ringlb_upstream_errors_total",
+            &[("backend", "a"), ("kind", "timeout")]
+        ),
+        1.0
+    );
+    let status = admin_json(&proxy, "/status").await;
+    assert_eq!(
+        status["backends"][0]["failures"], 1,
+        "counted even with ejection off"
+    );
+    assert_eq!(status["backends"][0]["requests"], 1);
+}
+
+#[tokio::test]
+async fn a_websocket_tunnel_stays_counted_as_a_client_connection() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let a = TestBackend::spawn("a").await;
+    let proxy = TestProxy::spawn(&yaml_for(&[("a", a.addr, 1)], ADMIN)).await;
+    let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{}/ws", proxy.addr), stream)
+        .await
+        .unwrap();
+    ws.send(Message::Text("hi".into())).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::Text("a: hi".into())
+    );
+    let s = parse_exposition(&admin_get(&proxy, "/metrics").await.body);
+    assert_eq!(
+        value(&s, "ringlb_client_connections", &[]),
+        1.0,
+        "the tunnel's client connection"
+    );
+    ws.close(None).await.unwrap();
+    drop(ws);
+    wait_until(
+        Duration::from_secs(5),
+        "the gauge to drop when the tunnel closes",
+        || async {
+            let s = parse_exposition(&admin_get(&proxy, "/metrics").await.body);
+            value(&s, "ringlb_client_connections", &[]) == 0.0
+        },
+    )
+    .await;
+}

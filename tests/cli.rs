@@ -140,15 +140,20 @@ fn ring_prints_shares_against_ideal() {
 
 /// Starts `ringlb --config path` and waits for its "listening" log line.
 fn start(path: &std::path::Path, extra: &[&str]) -> (Child, SocketAddr) {
-    start_with(path, extra, Stdio::null())
+    start_with(path, extra, Stdio::null(), "info")
 }
 
 /// Like `start`, with the child's stdout (the access log) going to `stdout`.
-fn start_with(path: &std::path::Path, extra: &[&str], stdout: Stdio) -> (Child, SocketAddr) {
+fn start_with(
+    path: &std::path::Path,
+    extra: &[&str],
+    stdout: Stdio,
+    rust_log: &str,
+) -> (Child, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ringlb"))
         .args(["--config", path.to_str().unwrap()])
         .args(extra)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", rust_log)
         .stdout(stdout)
         .stderr(Stdio::piped())
         .spawn()
@@ -269,7 +274,14 @@ async fn the_access_log_writes_one_json_line_per_request_to_stdout_unless_off() 
         ("access-off", "access_log: false\n", 0),
     ] {
         let path = write_config(name, &format!("{}{extra}", yaml_with(&[&a])));
-        let (mut child, addr) = start_with(&path, &["--log-format", "json"], Stdio::piped());
+        // RUST_LOG picks diagnostics only: at warn (but for the listening line) the
+        // access log is still written.
+        let (mut child, addr) = start_with(
+            &path,
+            &["--log-format", "json"],
+            Stdio::piped(),
+            "warn,ringlb::server=info",
+        );
         let client =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build_http::<http_body_util::Empty<bytes::Bytes>>();

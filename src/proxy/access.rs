@@ -1,16 +1,22 @@
 //! The end of one request: counted in the metrics (atomic adds) and, when `access_log`
-//! is on, written as one access-log line, once its response body has ended.
+//! is on, written as one access-log line, once its response body has ended, or when
+//! the client went away first.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Method, StatusCode, Uri};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::body::BodySent;
-use crate::backend::InFlight;
+use crate::backend::{BackendState, InFlight};
+use crate::metrics::ErrorKind;
 use crate::snapshot::Snapshot;
+
+/// The status recorded for a request whose client left before its answer began
+/// (nginx's 499 "client closed request").
+pub const CLIENT_CLOSED: u16 = 499;
 
 /// What the request path learned while choosing and calling backends.
 #[derive(Debug, Default)]
@@ -19,6 +25,8 @@ pub struct Trace {
     pub attempts: u32,
     /// The backend whose answer is being sent, counted in flight until the end.
     pub target: Option<InFlight>,
+    /// The last backend tried, answering or not: who a 502/504 is charged to.
+    pub last: Option<Arc<BackendState>>,
     /// The request body's progress, when it has one.
     pub uploaded: Option<Arc<BodySent>>,
 }
@@ -34,48 +42,72 @@ pub struct RequestLine {
     pub uri: Uri,
 }
 
-/// Recorded when dropped: at the end of the response body, or when the client goes away.
+/// Recorded when dropped: at the end of the response body, or when the client goes
+/// away. Made before the backend is called, so a request abandoned while waiting is
+/// recorded too (as 499).
 #[derive(Debug)]
 pub struct Completion {
     started: Instant,
     status: StatusCode,
-    trace: Trace,
+    /// Filled in by the request path.
+    pub trace: Trace,
     line: Option<RequestLine>,
     bytes_out: u64,
+    /// The backend's body broke before its end.
+    aborted: bool,
     snap: Arc<Snapshot>,
 }
 
 impl Completion {
-    /// A request that arrived at `started` and is answered with `status`.
-    pub fn new(
-        started: Instant,
-        status: StatusCode,
-        trace: Trace,
-        line: Option<RequestLine>,
-        snap: Arc<Snapshot>,
-    ) -> Self {
+    /// A request that arrived at `started`; 499 until `answered` says otherwise.
+    pub fn new(started: Instant, line: Option<RequestLine>, snap: Arc<Snapshot>) -> Self {
         Completion {
             started,
-            status,
-            trace,
+            status: StatusCode::from_u16(CLIENT_CLOSED).unwrap_or(StatusCode::BAD_REQUEST),
+            trace: Trace::default(),
             line,
             bytes_out: 0,
+            aborted: false,
             snap,
         }
+    }
+
+    /// The status the client is being sent.
+    pub fn answered(&mut self, status: StatusCode) {
+        self.status = status;
     }
 
     /// Counts response body bytes sent.
     pub fn sent(&mut self, n: usize) {
         self.bytes_out += n as u64;
     }
+
+    /// The backend's body failed midway: the client got a truncated answer.
+    pub fn aborted(&mut self) {
+        self.aborted = true;
+    }
 }
 
 impl Drop for Completion {
     fn drop(&mut self) {
         let elapsed = self.started.elapsed();
-        let backend = self.trace.target.as_ref().map(InFlight::backend);
+        let backend = self
+            .trace
+            .target
+            .as_ref()
+            .map(InFlight::backend)
+            .or(self.trace.last.as_ref());
         let metrics = backend.map_or(&self.snap.metrics.unrouted, |b| &b.metrics);
         metrics.record(self.status, elapsed);
+        if self.aborted {
+            if let Some(b) = backend {
+                b.metrics.error(ErrorKind::Reset);
+                if let Some(ejection) = b.record_failure(&self.snap.config.outlier_detection) {
+                    b.set_reason(format!("{ejection}, last: response body broke"));
+                    warn!(backend = %b.name, "{} {ejection}, last: response body broke", b.name);
+                }
+            }
+        }
         if let Some(line) = &self.line {
             let mut client = [0u8; 64];
             let client = crate::logging::format_addr(line.peer, &mut client);
@@ -91,6 +123,7 @@ impl Drop for Completion {
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
                 bytes_in = self.trace.uploaded.as_ref().map_or(0, |u| u.bytes()),
                 bytes_out = self.bytes_out,
+                complete = !self.aborted,
             );
         }
     }

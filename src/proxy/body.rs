@@ -244,6 +244,9 @@ impl Body for ProxyBody {
                 done.sent(data.len());
             }
         }
+        if let (Poll::Ready(Some(Err(_))), Some(done)) = (&polled, this.done.as_mut()) {
+            done.aborted();
+        }
         if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) || this.is_end_stream() {
             this.done = None; // records the request now, not when hyper drops the body
         }

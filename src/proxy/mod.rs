@@ -16,7 +16,7 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use tokio::sync::OwnedSemaphorePermit;
+
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
@@ -24,6 +24,7 @@ use crate::backend::BackendState;
 use crate::metrics::ErrorKind;
 use crate::snapshot::{Live, Snapshot};
 use crate::upstream::ConnectError;
+pub use access::CLIENT_CLOSED;
 use access::{Completion, RequestLine, Trace};
 use body::{ClientBody, ClientBodyError, ProxyBody, UpstreamBody};
 pub use error::ProxyError;
@@ -38,9 +39,10 @@ pub struct ConnContext {
     pub live: Arc<Live>,
     /// The client's address.
     pub peer: SocketAddr,
-    /// The connection's place under `limits.max_connections`; a WebSocket tunnel keeps
-    /// it after the HTTP exchange is over.
-    pub slot: Arc<OwnedSemaphorePermit>,
+    /// What the open connection holds (its place under `limits.max_connections`, its
+    /// count in `ringlb_client_connections`); a WebSocket tunnel keeps it after the
+    /// HTTP exchange is over.
+    pub slot: Arc<dyn std::any::Any + Send + Sync>,
     /// Where tunnels run, so the drain on stop waits for them too.
     pub tasks: TaskTracker,
 }
@@ -57,8 +59,9 @@ pub async fn handle(ctx: &ConnContext, req: Request<Incoming>) -> Response<Proxy
         method: req.method().clone(),
         uri: req.uri().clone(),
     });
-    let mut trace = Trace::default();
-    let res = match forward(&snap, req, ctx, &mut trace).await {
+    // Recorded even if the client leaves before the answer (the future is then dropped).
+    let mut done = Completion::new(started, line, snap.clone());
+    let res = match forward(&snap, req, ctx, &mut done.trace).await {
         Ok(res) => res,
         Err(e) => {
             match &e {
@@ -73,7 +76,7 @@ pub async fn handle(ctx: &ConnContext, req: Request<Incoming>) -> Response<Proxy
         }
     };
     let (parts, body) = res.into_parts();
-    let done = Completion::new(started, parts.status, trace, line, snap);
+    done.answered(parts.status);
     Response::from_parts(parts, body.finish_with(done))
 }
 
@@ -159,6 +162,7 @@ async fn forward(
             snap.metrics.retries.inc();
         }
         let backend = snap.backend(id);
+        trace.last = Some(backend.clone());
         let flight = backend.start_request();
         let outgoing = match (req.take(), &replay) {
             (Some(r), _) => r,

@@ -194,7 +194,7 @@ async fn connection(
     let snap = live.load();
     let t = snap.config.timeouts;
     let max_header_bytes = snap.config.limits.max_header_bytes;
-    let _open = Open::new(snap.metrics.client_connections.clone());
+    let slot = Arc::new((permit, Open::new(snap.metrics.client_connections.clone())));
     drop(snap);
 
     let activity = Arc::new(Activity::default());
@@ -212,7 +212,7 @@ async fn connection(
     let ctx = Arc::new(ConnContext {
         live,
         peer,
-        slot: Arc::new(permit),
+        slot,
         tasks,
     });
     let counter = activity.clone();
