@@ -41,6 +41,14 @@ pub enum Command {
     },
     /// Each backend's share of the key space against its ideal share.
     Ring,
+    /// What changing OLD into NEW does to the key space: the share of keys that move,
+    /// from which backend to which, and each backend's new share.
+    Diff {
+        /// The config running now.
+        old: PathBuf,
+        /// The config about to replace it.
+        new: PathBuf,
+    },
 }
 
 /// How log lines are written.
@@ -59,6 +67,9 @@ pub fn main() -> ExitCode {
         LogFormat::Text => crate::logging::Format::Text,
         LogFormat::Json => crate::logging::Format::Json,
     });
+    if let Some(Command::Diff { old, new }) = &cli.command {
+        return diff_files(old, new);
+    }
     let loaded = config::load(&cli.config);
     let config = match loaded {
         Ok(c) => c,
@@ -75,6 +86,8 @@ pub fn main() -> ExitCode {
                     Command::Check => check_summary(&snap),
                     Command::Route { keys } => route_table(&snap, &keys),
                     Command::Ring => ring_table(&snap),
+                    // Handled before the config is loaded.
+                    Command::Diff { .. } => String::new(),
                 };
                 print!("{out}");
                 ExitCode::SUCCESS
@@ -118,6 +131,24 @@ fn run(config: Config) -> ExitCode {
             }
         }
     })
+}
+
+/// `ringlb diff OLD NEW`.
+fn diff_files(old: &std::path::Path, new: &std::path::Path) -> ExitCode {
+    let build = |p: &std::path::Path| -> Result<Snapshot, String> {
+        let config = config::load(p).map_err(|e| e.to_string())?;
+        Snapshot::build(config, None).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    match (build(old), build(new)) {
+        (Ok(o), Ok(n)) => {
+            print!("{}", crate::diff::diff(&o, &n));
+            ExitCode::SUCCESS
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `ringlb check`: what the config says, in a few lines.

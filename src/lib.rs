@@ -30,6 +30,7 @@ pub mod admin;
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod diff;
 pub mod health;
 pub mod key;
 pub mod logging;

@@ -122,6 +122,11 @@ impl Ring {
         })
     }
 
+    /// The sorted point positions.
+    pub fn points(&self) -> &[u64] {
+        &self.hashes
+    }
+
     /// Number of points.
     pub fn len(&self) -> usize {
         self.hashes.len()

@@ -1,0 +1,226 @@
+//! What a config change does to the key space, computed exactly from the two rings:
+//! the share of keys that move, from which backend to which, and each backend's new
+//! share. Pure: snapshots in, numbers out.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::snapshot::Snapshot;
+
+/// The key space before and after a change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyDiff {
+    /// Fraction of all keys whose owner changes, 0..=1.
+    pub moved: f64,
+    /// (from, to) -> fraction of all keys; `None` is "no owner" (every weight 0).
+    pub flows: BTreeMap<(Option<String>, Option<String>), f64>,
+    /// Backends only in the new config.
+    pub added: Vec<String>,
+    /// Backends only in the old config.
+    pub removed: Vec<String>,
+    /// Backends in both whose weight changed: (name, old, new).
+    pub reweighted: Vec<(String, u32, u32)>,
+    /// Each new backend's share of the key space.
+    pub shares: Vec<(String, f64)>,
+}
+
+/// Compares the owners of every arc of the key space under `old` and `new`.
+pub fn diff(old: &Snapshot, new: &Snapshot) -> KeyDiff {
+    let name = |snap: &Snapshot, h: u64| {
+        snap.ring
+            .owner(h)
+            .map(|id| snap.backend(id).name.to_string())
+    };
+    // Arc boundaries: every point of either ring. Between two consecutive boundaries
+    // (a, b] no point of either ring lies, so every key there has the owner of b.
+    let mut bounds: Vec<u64> = old
+        .ring
+        .points()
+        .iter()
+        .chain(new.ring.points())
+        .copied()
+        .collect();
+    bounds.sort_unstable();
+    bounds.dedup();
+
+    let mut flows: BTreeMap<(Option<String>, Option<String>), f64> = BTreeMap::new();
+    let space = 2f64.powi(64);
+    let mut moved = 0u128;
+    for (i, &b) in bounds.iter().enumerate() {
+        let arc = if i == 0 {
+            // From the last boundary, around zero, to the first.
+            (u128::from(u64::MAX) - u128::from(bounds[bounds.len() - 1])) + u128::from(b) + 1
+        } else {
+            u128::from(b - bounds[i - 1])
+        };
+        let (from, to) = (name(old, b), name(new, b));
+        if from != to {
+            moved += arc;
+            *flows.entry((from, to)).or_insert(0.0) += arc as f64 / space;
+        }
+    }
+    if bounds.is_empty() && old.ring.is_empty() != new.ring.is_empty() {
+        moved = 1u128 << 64;
+    }
+
+    let names = |s: &Snapshot| -> BTreeMap<String, u32> {
+        s.config
+            .backends
+            .iter()
+            .map(|b| (b.name.to_string(), b.weight))
+            .collect()
+    };
+    let (before, after) = (names(old), names(new));
+    KeyDiff {
+        moved: moved as f64 / space,
+        flows,
+        added: after
+            .keys()
+            .filter(|n| !before.contains_key(*n))
+            .cloned()
+            .collect(),
+        removed: before
+            .keys()
+            .filter(|n| !after.contains_key(*n))
+            .cloned()
+            .collect(),
+        reweighted: after
+            .iter()
+            .filter_map(|(n, w)| {
+                before
+                    .get(n)
+                    .filter(|old| *old != w)
+                    .map(|old| (n.clone(), *old, *w))
+            })
+            .collect(),
+        shares: new
+            .backends
+            .iter()
+            .map(|b| b.name.to_string())
+            .zip(new.shares())
+            .collect(),
+    }
+}
+
+impl KeyDiff {
+    /// One line for logs: `+app-4 -app-2 ~app-3(1->2), 14.8% of keys moved`.
+    pub fn summary(&self) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        parts.extend(self.added.iter().map(|n| format!("+{n}")));
+        parts.extend(self.removed.iter().map(|n| format!("-{n}")));
+        parts.extend(
+            self.reweighted
+                .iter()
+                .map(|(n, a, b)| format!("~{n}(weight {a}->{b})")),
+        );
+        let changes = if parts.is_empty() {
+            "no backend changes".to_owned()
+        } else {
+            parts.join(" ")
+        };
+        format!("{changes}, {:.1}% of keys moved", self.moved * 100.0)
+    }
+}
+
+impl fmt::Display for KeyDiff {
+    /// The `ringlb diff` report.
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        writeln!(f, "{}", self.summary())?;
+        if !self.flows.is_empty() {
+            writeln!(f, "\nkeys moving (share of all keys):")?;
+            let mut flows: Vec<_> = self.flows.iter().collect();
+            flows.sort_by(|a, b| b.1.total_cmp(a.1));
+            for ((from, to), share) in flows {
+                let (from, to) = (
+                    from.as_deref().unwrap_or("(none)"),
+                    to.as_deref().unwrap_or("(none)"),
+                );
+                writeln!(f, "  {from:>12} -> {to:<12} {:6.2}%", share * 100.0)?;
+            }
+        }
+        writeln!(f, "\nshares after the change:")?;
+        for (name, share) in &self.shares {
+            writeln!(f, "  {name:<12} {:6.2}%", share * 100.0)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+
+    fn snap(backends: &[(&str, u32)]) -> Snapshot {
+        let mut y =
+            String::from("listeners:\n  - bind: \"127.0.0.1:0\"\nhash:\n  vnodes: 40\nbackends:\n");
+        for (i, (n, w)) in backends.iter().enumerate() {
+            y.push_str(&format!(
+                "  - name: {n}\n    address: \"127.0.0.1:{}\"\n    weight: {w}\n",
+                9000 + i
+            ));
+        }
+        Snapshot::build(config::from_str(&y, "t.yaml").unwrap(), None).unwrap()
+    }
+
+    #[test]
+    fn no_change_moves_nothing() {
+        let d = diff(&snap(&[("a", 1), ("b", 1)]), &snap(&[("b", 1), ("a", 1)]));
+        assert_eq!(d.moved, 0.0);
+        assert!(d.flows.is_empty());
+        assert_eq!(d.summary(), "no backend changes, 0.0% of keys moved");
+    }
+
+    #[test]
+    fn removing_a_backend_moves_exactly_its_share_to_the_others() {
+        let old = snap(&[("a", 1), ("b", 1), ("c", 1)]);
+        let share_b = old.shares()[1];
+        let d = diff(&old, &snap(&[("a", 1), ("c", 1)]));
+        assert!(
+            (d.moved - share_b).abs() < 1e-12,
+            "{} vs {share_b}",
+            d.moved
+        );
+        assert!(
+            d.flows.keys().all(|(from, _)| from.as_deref() == Some("b")),
+            "only b's keys move"
+        );
+        assert_eq!(d.removed, ["b"]);
+        assert!(d.summary().starts_with("-b, "));
+    }
+
+    #[test]
+    fn adding_a_backend_moves_exactly_its_new_share_onto_it() {
+        let new = snap(&[("a", 1), ("b", 1), ("d", 2)]);
+        let share_d = new.shares()[2];
+        let d = diff(&snap(&[("a", 1), ("b", 1)]), &new);
+        assert!((d.moved - share_d).abs() < 1e-12);
+        assert!(d.flows.keys().all(|(_, to)| to.as_deref() == Some("d")));
+        assert_eq!(d.added, ["d"]);
+    }
+
+    #[test]
+    fn the_exact_figure_agrees_with_sampled_keys() {
+        let (old, new) = (
+            snap(&[("a", 1), ("b", 2), ("c", 1)]),
+            snap(&[("a", 2), ("b", 1), ("d", 1)]),
+        );
+        let d = diff(&old, &new);
+        let owner = |s: &Snapshot, k: u64| s.ring.owner(k).map(|id| s.backend(id).name.clone());
+        let n = 200_000u64;
+        let sampled = (0..n)
+            .map(|i| crate::ring::hash_key(&i.to_le_bytes()))
+            .filter(|&k| owner(&old, k) != owner(&new, k))
+            .count() as f64
+            / n as f64;
+        assert!(
+            (sampled - d.moved).abs() < 0.01,
+            "sampled {sampled} vs exact {}",
+            d.moved
+        );
+        assert_eq!(
+            d.reweighted,
+            [("a".to_owned(), 1, 2), ("b".to_owned(), 2, 1)]
+        );
+    }
+}
