@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::backend::BackendState;
+use crate::reload::{LastReload, Reloader};
 use crate::snapshot::{Live, Snapshot};
 
 const JSON: &str = "application/json";
@@ -31,6 +32,7 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 pub async fn serve(
     listener: TcpListener,
     live: Arc<Live>,
+    reloader: Option<Arc<Reloader>>,
     stop: CancellationToken,
     tasks: TaskTracker,
 ) {
@@ -49,12 +51,19 @@ pub async fn serve(
             },
             () = stop.cancelled() => break,
         };
-        let live = live.clone();
+                let live = live.clone();
+        let reloader = reloader.clone();
         let stop = stop.clone();
         tasks.spawn(async move {
-            let service = service_fn(move |req| {
+            let service = service_fn(move |req: Request<Incoming>| {
                 let live = live.clone();
-                async move { Ok::<_, Infallible>(answer(&live, &req)) }
+                let reloader = reloader.clone();
+                async move {
+                    if req.uri().path() == "/reload" {
+                        return Ok::<_, Infallible>(reload(&req, reloader.as_deref()).await);
+                    }
+                    Ok(answer(&live, reloader.as_deref(), &req))
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -76,7 +85,7 @@ pub async fn serve(
 }
 
 /// One admin request. Pure but for reading the live state.
-pub fn answer(live: &Live, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+pub fn answer(live: &Live, reloader: Option<&Reloader>, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     let allowed: &'static str = match path {
         "/healthz" | "/ready" | "/status" | "/route" | "/metrics" => "GET, HEAD",
@@ -112,7 +121,7 @@ pub fn answer(live: &Live, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 )
             }
         }
-        "/status" => reply(StatusCode::OK, JSON, pretty(&status(&snap))),
+        "/status" => reply(StatusCode::OK, JSON, pretty(&status(&snap, reloader.and_then(Reloader::last)))),
         "/route" => match query_param(req.uri().query().unwrap_or(""), "key") {
             Some(key) => reply(StatusCode::OK, JSON, pretty(&route(&snap, &key))),
             None => reply(StatusCode::BAD_REQUEST, TEXT, "missing ?key=\n".into()),
@@ -165,8 +174,29 @@ fn rfc3339(t: std::time::SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-/// The `/status` document.
-pub fn status(snap: &Snapshot) -> Value {
+/// `POST /reload`: 200 with the new generation, or 422 with the error (the old config
+/// keeps serving).
+async fn reload(req: &Request<Incoming>, reloader: Option<&Reloader>) -> Response<Full<Bytes>> {
+    if req.method() != Method::POST {
+        let mut res = reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n".into());
+        res.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return res;
+    }
+    let Some(reloader) = reloader else {
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            TEXT,
+            "reload needs a config file; this server was started without one\n".into(),
+        );
+    };
+    match reloader.request().await {
+        Ok(generation) => reply(StatusCode::OK, JSON, pretty(&json!({ "generation": generation }))),
+        Err(error) => reply(StatusCode::UNPROCESSABLE_ENTITY, JSON, pretty(&json!({ "error": error }))),
+    }
+}
+
+/// The `/status` document; `last` is the latest reload's outcome, if one ran.
+pub fn status(snap: &Snapshot, last: Option<LastReload>) -> Value {
     let shares = snap.shares();
     let backends: Vec<Value> = snap
         .backends
@@ -193,10 +223,13 @@ pub fn status(snap: &Snapshot) -> Value {
         "generation": snap.generation,
         "loaded_at": rfc3339(snap.loaded_at),
         "ring_fingerprint": format!("{:016x}", snap.ring_fingerprint()),
-        "last_reload": {
-            "result": "ok",
-            "at": rfc3339(snap.loaded_at),
-            "error": Value::Null,
+                "last_reload": match last {
+            Some(l) => json!({
+                "result": if l.error.is_some() { "error" } else { "ok" },
+                "at": rfc3339(l.at),
+                "error": l.error,
+            }),
+            None => json!({ "result": "ok", "at": rfc3339(snap.loaded_at), "error": Value::Null }),
         },
         "backends": backends,
     })

@@ -79,7 +79,7 @@ pub fn main() -> ExitCode {
         }
     };
     match cli.command {
-        None => run(config),
+                None => run(&cli.config, config),
         Some(cmd) => match Snapshot::build(config, None) {
             Ok(snap) => {
                 let out = match cmd {
@@ -100,7 +100,8 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn run(config: Config) -> ExitCode {
+fn run(path: &std::path::Path, config: Config) -> ExitCode {
+    let path = path.to_path_buf();
     let workers = match config.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -120,7 +121,7 @@ fn run(config: Config) -> ExitCode {
         let stop = CancellationToken::new();
         crate::shutdown::on_signal(stop.clone());
         info!(config = %config.origin, workers, "starting");
-        match crate::server::run(config, stop).await {
+        match crate::server::run(&path, config, stop).await {
             Ok(()) => {
                 info!("stopped");
                 ExitCode::SUCCESS

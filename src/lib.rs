@@ -36,6 +36,7 @@ pub mod key;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod ring;
 pub mod server;
 pub mod shutdown;

@@ -24,22 +24,53 @@ use policy::ActivePolicy;
 /// instead of checking a backend in step.
 const JITTER: f64 = 0.10;
 
-/// Starts one checker per backend of `snap` when it configures health checks. Each
-/// runs until `stop` and belongs to `tasks`.
-pub fn spawn(snap: &Snapshot, tasks: &TaskTracker, stop: &CancellationToken) {
-    let Some(check) = &snap.config.health_check else {
-        return;
-    };
-    for backend in &snap.backends {
-        let check = check.clone();
-        let backend = backend.clone();
-        let stop = stop.child_token();
-        tasks.spawn(async move {
-            tokio::select! {
-                () = run(backend, check) => {}
-                () = stop.cancelled() => {}
+/// Owns the checker tasks: one per backend while `health_check` is configured, matched
+/// to each new snapshot by backend identity (the `Arc` a reload keeps for a backend
+/// that stays), so a reload starts checks for new backends and stops them for
+/// removed ones without disturbing the others.
+#[derive(Debug, Default)]
+pub struct Supervisor {
+    check: Option<HealthCheck>,
+    running: Vec<(Arc<BackendState>, CancellationToken)>,
+}
+
+impl Supervisor {
+    /// Brings the checkers in line with `snap`; new ones run in `tasks` until `stop`.
+    pub fn reconcile(&mut self, snap: &Snapshot, tasks: &TaskTracker, stop: &CancellationToken) {
+        if snap.config.health_check != self.check {
+            // New settings: restart every checker; without checks nobody is down by them.
+            for (backend, token) in self.running.drain(..) {
+                token.cancel();
+                if snap.config.health_check.is_none() {
+                    backend.set_down(false);
+                }
             }
+            self.check = snap.config.health_check.clone();
+        }
+        self.running.retain(|(backend, token)| {
+            let stays = snap.backends.iter().any(|b| Arc::ptr_eq(b, backend));
+            if !stays {
+                token.cancel();
+            }
+            stays
         });
+        let Some(check) = &self.check else {
+            return;
+        };
+        for backend in &snap.backends {
+            if self.running.iter().any(|(b, _)| Arc::ptr_eq(b, backend)) {
+                continue;
+            }
+            let token = stop.child_token();
+            self.running.push((backend.clone(), token.clone()));
+            let (backend, check) = (backend.clone(), check.clone());
+            tasks.spawn(async move {
+                tokio::select! {
+                    () = run(backend, check) => {}
+                    () = token.cancelled() => {}
+                }
+            });
+        }
     }
 }
 

@@ -16,7 +16,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, warn};
+use std::sync::Mutex;
+
+use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::proxy::ConnContext;
@@ -48,6 +50,9 @@ pub enum StartError {
 pub struct Bound {
     /// One per `listeners[]` entry, in order.
     pub proxy: Vec<TcpListener>,
+    /// The configured address of each of `proxy` (`:0` stays `:0`), so a reload can
+    /// tell which listeners it keeps.
+    pub binds: Vec<SocketAddr>,
     /// The admin listener, when `admin` is set.
     pub admin: Option<TcpListener>,
 }
@@ -65,78 +70,183 @@ pub async fn bind(config: &Config) -> Result<Bound, StartError> {
         Some(a) => Some(bind_one(a.bind).await?),
         None => None,
     };
-    Ok(Bound { proxy, admin })
+    Ok(Bound {
+        proxy,
+        binds: config.listeners.iter().map(|l| l.bind).collect(),
+        admin,
+    })
 }
 
-async fn bind_one(addr: SocketAddr) -> Result<TcpListener, StartError> {
+/// Binds one address.
+///
+/// # Errors
+/// `StartError::Bind` with the OS's reason.
+pub async fn bind_one(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { addr, source })
 }
 
-/// Binds, builds the first snapshot and serves until `stop`, then drains.
+/// Loads `path`, binds, serves until `stop` with hot reload of `path` (file changes,
+/// SIGHUP, `POST /reload`), then drains.
 ///
 /// # Errors
 /// `StartError` when a listener cannot bind or the ring cannot be built.
-pub async fn run(config: Config, stop: CancellationToken) -> Result<(), StartError> {
+pub async fn run(path: &std::path::Path, config: Config, stop: CancellationToken) -> Result<(), StartError> {
     let bound = bind(&config).await?;
     let live = Arc::new(Live::from_pointee(Snapshot::build(config, None)?));
-    serve(bound, live, stop).await;
+    serve_reloadable(bound, live, stop, path.to_path_buf()).await;
     Ok(())
 }
 
 /// Serves on pre-bound listeners until `stop`: then the listeners close at once (new
 /// connections are refused), open connections finish their requests and close, and
-/// after `timeouts.shutdown` whatever is left is abandoned.
+/// after `timeouts.shutdown` whatever is left is abandoned. No reload.
 pub async fn serve(bound: Bound, live: Arc<Live>, stop: CancellationToken) {
-    let snap = live.load();
-    let limit = Arc::new(Semaphore::new(snap.config.limits.max_connections));
-    let drain = snap.config.timeouts.shutdown;
-    snap.metrics.watch(&live);
-    snap.metrics.reload(true);
-    drop(snap);
+    Server::new(live, stop).run(bound, None).await;
+}
 
-    // Connections, their tunnels, the health checkers and the admin listener: the
-    // drain waits for all.
-    let conns = TaskTracker::new();
-    crate::health::spawn(&live.load(), &conns, &stop);
-    if let Some(admin) = bound.admin {
-        conns.spawn(crate::admin::serve(
-            admin,
-            live.clone(),
-            stop.clone(),
-            conns.clone(),
-        ));
-    }
-    let accepts: Vec<_> = bound
-        .proxy
-        .into_iter()
-        .map(|l| {
-            let addr = l
-                .local_addr()
-                .map_or_else(|_| "?".to_owned(), |a| a.to_string());
-            info!(%addr, "listening");
-            tokio::spawn(accept_loop(
-                l,
-                live.clone(),
-                limit.clone(),
-                stop.clone(),
-                conns.clone(),
-            ))
+/// As `serve`, reloading the config file at `path` when it changes, on SIGHUP and on
+/// `POST /reload`.
+pub async fn serve_reloadable(bound: Bound, live: Arc<Live>, stop: CancellationToken, path: std::path::PathBuf) {
+    let server = Server::new(live, stop);
+    let reloader = crate::reload::Reloader::start(path, server.clone());
+    server.run(bound, Some(reloader)).await;
+}
+
+/// The running proxy: what outlives a snapshot, and what a reload adjusts.
+#[derive(Debug)]
+pub struct Server {
+    live: Arc<Live>,
+    stop: CancellationToken,
+    /// Connections, tunnels, health checkers, the admin listener, reload triggers:
+    /// the drain waits for all.
+    tasks: TaskTracker,
+    /// Accept loops, one per listener.
+    accepts: TaskTracker,
+    limit: Arc<Semaphore>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Running listeners by configured address, each with the token that stops it.
+    listeners: Vec<(SocketAddr, CancellationToken)>,
+    max_connections: usize,
+    health: crate::health::Supervisor,
+}
+
+impl Server {
+    /// A server for `live`, stopped by `stop`.
+    pub fn new(live: Arc<Live>, stop: CancellationToken) -> Arc<Server> {
+        let max = live.load().config.limits.max_connections;
+        Arc::new(Server {
+            live,
+            stop,
+            tasks: TaskTracker::new(),
+            accepts: TaskTracker::new(),
+            limit: Arc::new(Semaphore::new(max)),
+            state: Mutex::new(State {
+                listeners: Vec::new(),
+                max_connections: max,
+                health: crate::health::Supervisor::default(),
+            }),
         })
-        .collect();
-    for task in accepts {
-        if let Err(e) = task.await {
-            error!(error = %e, "accept loop panicked");
+    }
+
+    /// The live configuration.
+    pub fn live(&self) -> &Arc<Live> {
+        &self.live
+    }
+
+    /// Where the drain waits; reload triggers run here too.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.tasks
+    }
+
+    /// The token that stops everything.
+    pub fn stop_token(&self) -> &CancellationToken {
+        &self.stop
+    }
+
+    /// Configured addresses of the listeners running now.
+    pub fn listening(&self) -> Vec<SocketAddr> {
+        self.state.lock().map(|s| s.listeners.iter().map(|l| l.0).collect()).unwrap_or_default()
+    }
+
+    fn start_listener(&self, state: &mut State, bind: SocketAddr, listener: TcpListener) {
+        let addr = listener.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
+        info!(%addr, "listening");
+        let token = self.stop.child_token();
+        state.listeners.push((bind, token.clone()));
+        self.accepts.spawn(accept_loop(listener, self.live.clone(), self.limit.clone(), token, self.tasks.clone()));
+    }
+
+    /// Brings what runs in line with the live snapshot: starts `added` listeners (bound
+    /// by the caller, so a bind failure changed nothing), stops listeners the config no
+    /// longer has (their connections drain), and adjusts health checkers and the
+    /// connection limit.
+    pub fn apply(&self, added: Vec<(SocketAddr, TcpListener)>) {
+        let snap = self.live.load();
+        let Ok(mut state) = self.state.lock() else { return };
+        let state = &mut *state;
+        let wanted: Vec<SocketAddr> = snap.config.listeners.iter().map(|l| l.bind).collect();
+        state.listeners.retain(|(bind, token)| {
+            let keep = wanted.contains(bind);
+            if !keep {
+                info!(%bind, "listener removed: closing it, its connections drain");
+                token.cancel();
+            }
+            keep
+        });
+        for (bind, listener) in added {
+            self.start_listener(state, bind, listener);
         }
+        state.health.reconcile(&snap, &self.tasks, &self.stop);
+        let max = snap.config.limits.max_connections;
+        if max > state.max_connections {
+            self.limit.add_permits(max - state.max_connections);
+        } else if max < state.max_connections {
+            // Only free slots can be taken back now; the rest as connections close.
+            self.limit.forget_permits(state.max_connections - max);
+        }
+        state.max_connections = max;
     }
-    conns.close();
-    if conns.is_empty() {
-        return;
-    }
-    info!(tasks = conns.len(), "draining");
-    if tokio::time::timeout(drain, conns.wait()).await.is_err() {
-        warn!(tasks = conns.len(), after = ?drain, "drain time over, closing what is left");
+
+    /// Serves until `stop`, then drains.
+    pub async fn run(self: Arc<Self>, bound: Bound, reloader: Option<Arc<crate::reload::Reloader>>) {
+        let snap = self.live.load_full();
+        let drain = snap.config.timeouts.shutdown;
+        snap.metrics.watch(&self.live);
+        snap.metrics.reload(true);
+        if let Some(admin) = bound.admin {
+            self.tasks.spawn(crate::admin::serve(
+                admin,
+                self.live.clone(),
+                reloader,
+                self.stop.clone(),
+                self.tasks.clone(),
+            ));
+        }
+        if let Ok(mut state) = self.state.lock() {
+            for (bind, listener) in bound.binds.into_iter().zip(bound.proxy) {
+                self.start_listener(&mut state, bind, listener);
+            }
+            state.health.reconcile(&snap, &self.tasks, &self.stop);
+        }
+        drop(snap);
+
+        self.stop.cancelled().await;
+        self.accepts.close();
+        self.accepts.wait().await;
+        self.tasks.close();
+        if self.tasks.is_empty() {
+            return;
+        }
+        info!(tasks = self.tasks.len(), "draining");
+        if tokio::time::timeout(drain, self.tasks.wait()).await.is_err() {
+            warn!(tasks = self.tasks.len(), after = ?drain, "drain time over, closing what is left");
+        }
     }
 }
 

@@ -1,0 +1,246 @@
+//! Hot reload: triggers (a watcher on the config file's folder, SIGHUP, `POST /reload`)
+//! coalesce into reloads that never overlap; each reads and validates the whole file,
+//! binds new listeners, builds the snapshot, then swaps it in one store. A reload that
+//! fails anywhere before the store changes nothing.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use notify::{EventKind, RecursiveMode, Watcher};
+use tokio::sync::{watch, Notify};
+use tracing::{debug, info, warn};
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::server::Server;
+use crate::snapshot::Snapshot;
+
+/// Quiet time after a file event before the file is read: editors and config tools
+/// write in several steps (truncate, write, rename); one reload sees the end result.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file is unreadable or invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A new listener could not bind, or the ring could not be built.
+    #[error(transparent)]
+    Start(#[from] crate::server::StartError),
+}
+
+/// The outcome of the latest reload, for `/status`.
+#[derive(Debug, Clone)]
+pub struct LastReload {
+    /// When it finished.
+    pub at: SystemTime,
+    /// The error, if it failed (the old config kept serving).
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Done {
+    ticket: u64,
+    result: Result<u64, String>,
+}
+
+/// Runs reloads of one config file against one server.
+#[derive(Debug)]
+pub struct Reloader {
+    path: PathBuf,
+    server: Arc<Server>,
+    requested: AtomicU64,
+    wake: Notify,
+    done: watch::Sender<Done>,
+    last: Mutex<Option<LastReload>>,
+    /// xxh3 of the text loaded last: file events that leave it unchanged do not reload.
+    loaded: AtomicU64,
+}
+
+impl Reloader {
+    /// Starts the reload worker and the file and SIGHUP triggers, as tasks of `server`.
+    pub fn start(path: PathBuf, server: Arc<Server>) -> Arc<Reloader> {
+        let loaded = std::fs::read(&path).map_or(0, |t| xxh3_64(&t));
+        let reloader = Arc::new(Reloader {
+            path,
+            server,
+            requested: AtomicU64::new(0),
+            wake: Notify::new(),
+            done: watch::channel(Done { ticket: 0, result: Ok(0) }).0,
+            last: Mutex::new(None),
+            loaded: AtomicU64::new(loaded),
+        });
+        let tasks = reloader.server.tasks().clone();
+        let stop = reloader.server.stop_token().clone();
+        let worker = reloader.clone();
+        let s = stop.clone();
+        tasks.spawn(async move {
+            tokio::select! { () = worker.work() => {}, () = s.cancelled() => {} }
+        });
+        let sighup = reloader.clone();
+        let s = stop.clone();
+        tasks.spawn(async move {
+            tokio::select! { () = sighup.on_sighup() => {}, () = s.cancelled() => {} }
+        });
+        let files = reloader.clone();
+        tasks.spawn(async move {
+            tokio::select! { () = files.watch_files() => {}, () = stop.cancelled() => {} }
+        });
+        reloader
+    }
+
+    /// Asks for a reload and waits for one that started after the request: triggers
+    /// arriving while a reload waits share it. Returns the new generation.
+    ///
+    /// # Errors
+    /// The reload's error as a sentence; the old config keeps serving.
+    pub async fn request(&self) -> Result<u64, String> {
+        let ticket = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut done = self.done.subscribe();
+        self.wake.notify_one();
+                let result = match done.wait_for(|d| d.ticket >= ticket).await {
+            Ok(d) => d.result.clone(),
+            Err(_) => Err("the server is stopping".to_owned()),
+        };
+        result
+    }
+
+    /// Asks for a reload without waiting.
+    pub fn trigger(&self) {
+        self.requested.fetch_add(1, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    /// The latest reload's outcome, if any reload ran.
+    pub fn last(&self) -> Option<LastReload> {
+        self.last.lock().ok().and_then(|l| l.clone())
+    }
+
+    async fn work(&self) {
+        loop {
+            self.wake.notified().await;
+            // Serve every request made so far with one reload.
+            while self.done.borrow().ticket < self.requested.load(Ordering::SeqCst) {
+                let ticket = self.requested.load(Ordering::SeqCst);
+                let result = self.reload_once().await.map_err(|e| e.to_string());
+                self.done.send_replace(Done { ticket, result });
+            }
+        }
+    }
+
+    async fn reload_once(&self) -> Result<u64, ReloadError> {
+        let live = self.server.live();
+        let previous = live.load_full();
+        let outcome = self.load_and_swap(&previous).await;
+        let at = SystemTime::now();
+        match &outcome {
+            Ok((generation, summary)) => {
+                info!("reload {generation}: {summary}");
+                previous.metrics.reload(true);
+                self.set_last(LastReload { at, error: None });
+            }
+            Err(e) => {
+                warn!(generation = previous.generation, "reload failed, the running config stays: {e}");
+                previous.metrics.reload(false);
+                self.set_last(LastReload {
+                    at,
+                    error: Some(e.to_string()),
+                });
+            }
+        }
+        outcome.map(|(generation, _)| generation)
+    }
+
+    async fn load_and_swap(&self, previous: &Arc<Snapshot>) -> Result<(u64, String), ReloadError> {
+        let origin = self.path.display().to_string();
+        let text = std::fs::read_to_string(&self.path).map_err(|source| crate::config::ConfigError::Read {
+            origin: origin.clone(),
+            source,
+        })?;
+        let config = crate::config::from_str(&text, &origin)?;
+        // New listeners bind before anything changes: a bind failure fails the reload.
+        let running = self.server.listening();
+        let mut added = Vec::new();
+        for l in &config.listeners {
+            if !running.contains(&l.bind) {
+                added.push((l.bind, crate::server::bind_one(l.bind).await?));
+            }
+        }
+        let snap = Snapshot::build(config, Some(previous)).map_err(crate::server::StartError::from)?;
+        let summary = crate::diff::diff(previous, &snap).summary();
+        let generation = snap.generation;
+        self.server.live().store(Arc::new(snap));
+        self.server.apply(added);
+        self.loaded.store(xxh3_64(text.as_bytes()), Ordering::SeqCst);
+        Ok((generation, summary))
+    }
+
+    fn set_last(&self, last: LastReload) {
+        if let Ok(mut l) = self.last.lock() {
+            *l = Some(last);
+        }
+    }
+
+    async fn on_sighup(&self) {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGHUP; reload by file change or POST /reload");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            info!("SIGHUP: reloading");
+            self.trigger();
+        }
+    }
+
+    /// Watches the config file's folder, not the file: editors replace files by
+    /// rename and Kubernetes swaps a `..data` symlink, which a watch on the file's
+    /// inode would miss.
+    async fn watch_files(&self) {
+        let changed = Arc::new(Notify::new());
+        let signal = changed.clone();
+        let mut watcher = match notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+            // Reads and attribute changes are not changes of content.
+            Ok(e) if matches!(e.kind, EventKind::Access(_) | EventKind::Modify(notify::event::ModifyKind::Metadata(_))) => {}
+            Ok(_) => signal.notify_one(),
+            Err(e) => debug!(error = %e, "config watcher error"),
+        }) {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(error = %e, "cannot watch the config file; reload by SIGHUP or POST /reload");
+                return;
+            }
+        };
+        let folder = folder_of(&self.path);
+        if let Err(e) = watcher.watch(&folder, RecursiveMode::NonRecursive) {
+            warn!(folder = %folder.display(), error = %e, "cannot watch the config folder; reload by SIGHUP or POST /reload");
+            return;
+        }
+        loop {
+            changed.notified().await;
+            tokio::time::sleep(DEBOUNCE).await;
+            let Ok(text) = std::fs::read(&self.path) else {
+                // Mid-replace, or removed: a later event brings the new file.
+                continue;
+            };
+            if xxh3_64(&text) == self.loaded.load(Ordering::SeqCst) {
+                continue;
+            }
+            info!(file = %self.path.display(), "config file changed: reloading");
+            // Mark this content as seen, so the events of one save reload once.
+            self.loaded.store(xxh3_64(&text), Ordering::SeqCst);
+            self.trigger();
+        }
+    }
+}
+
+fn folder_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
