@@ -51,7 +51,7 @@ pub async fn serve(
             },
             () = stop.cancelled() => break,
         };
-                let live = live.clone();
+        let live = live.clone();
         let reloader = reloader.clone();
         let stop = stop.clone();
         tasks.spawn(async move {
@@ -85,7 +85,11 @@ pub async fn serve(
 }
 
 /// One admin request. Pure but for reading the live state.
-pub fn answer(live: &Live, reloader: Option<&Reloader>, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+pub fn answer(
+    live: &Live,
+    reloader: Option<&Reloader>,
+    req: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     let allowed: &'static str = match path {
         "/healthz" | "/ready" | "/status" | "/route" | "/metrics" => "GET, HEAD",
@@ -121,7 +125,11 @@ pub fn answer(live: &Live, reloader: Option<&Reloader>, req: &Request<Incoming>)
                 )
             }
         }
-        "/status" => reply(StatusCode::OK, JSON, pretty(&status(&snap, reloader.and_then(Reloader::last)))),
+        "/status" => reply(
+            StatusCode::OK,
+            JSON,
+            pretty(&status(&snap, reloader.and_then(Reloader::last))),
+        ),
         "/route" => match query_param(req.uri().query().unwrap_or(""), "key") {
             Some(key) => reply(StatusCode::OK, JSON, pretty(&route(&snap, &key))),
             None => reply(StatusCode::BAD_REQUEST, TEXT, "missing ?key=\n".into()),
@@ -178,8 +186,13 @@ fn rfc3339(t: std::time::SystemTime) -> String {
 /// keeps serving).
 async fn reload(req: &Request<Incoming>, reloader: Option<&Reloader>) -> Response<Full<Bytes>> {
     if req.method() != Method::POST {
-        let mut res = reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n".into());
-        res.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+        let mut res = reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            TEXT,
+            "method not allowed\n".into(),
+        );
+        res.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return res;
     }
     let Some(reloader) = reloader else {
@@ -190,8 +203,16 @@ async fn reload(req: &Request<Incoming>, reloader: Option<&Reloader>) -> Respons
         );
     };
     match reloader.request().await {
-        Ok(generation) => reply(StatusCode::OK, JSON, pretty(&json!({ "generation": generation }))),
-        Err(error) => reply(StatusCode::UNPROCESSABLE_ENTITY, JSON, pretty(&json!({ "error": error }))),
+        Ok(generation) => reply(
+            StatusCode::OK,
+            JSON,
+            pretty(&json!({ "generation": generation })),
+        ),
+        Err(error) => reply(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            JSON,
+            pretty(&json!({ "error": error })),
+        ),
     }
 }
 

@@ -79,7 +79,7 @@ pub fn main() -> ExitCode {
         }
     };
     match cli.command {
-                None => run(&cli.config, config),
+        None => run(&cli.config, config),
         Some(cmd) => match Snapshot::build(config, None) {
             Ok(snap) => {
                 let out = match cmd {

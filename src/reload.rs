@@ -62,13 +62,18 @@ pub struct Reloader {
 impl Reloader {
     /// Starts the reload worker and the file and SIGHUP triggers, as tasks of `server`.
     pub fn start(path: PathBuf, server: Arc<Server>) -> Arc<Reloader> {
-        let loaded = std::fs::read(&path).map_or(0, |t| xxh3_64(&t));
+        // What the running config was read from: a file changed since then reloads.
+        let loaded = server.live().load().config.source_hash;
         let reloader = Arc::new(Reloader {
             path,
             server,
             requested: AtomicU64::new(0),
             wake: Notify::new(),
-            done: watch::channel(Done { ticket: 0, result: Ok(0) }).0,
+            done: watch::channel(Done {
+                ticket: 0,
+                result: Ok(0),
+            })
+            .0,
             last: Mutex::new(None),
             loaded: AtomicU64::new(loaded),
         });
@@ -79,15 +84,29 @@ impl Reloader {
         tasks.spawn(async move {
             tokio::select! { () = worker.work() => {}, () = s.cancelled() => {} }
         });
-        let sighup = reloader.clone();
-        let s = stop.clone();
-        tasks.spawn(async move {
-            tokio::select! { () = sighup.on_sighup() => {}, () = s.cancelled() => {} }
-        });
-        let files = reloader.clone();
-        tasks.spawn(async move {
-            tokio::select! { () = files.watch_files() => {}, () = stop.cancelled() => {} }
-        });
+        // Registered before start returns: SIGHUP's default action would end the process.
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(hup) => {
+                let sighup = reloader.clone();
+                let s = stop.clone();
+                tasks.spawn(async move {
+                    tokio::select! { () = sighup.on_sighup(hup) => {}, () = s.cancelled() => {} }
+                });
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGHUP; reload by file change or POST /reload")
+            }
+        }
+        let changed = Arc::new(Notify::new());
+        if let Some(watcher) = watch_folder(&reloader.path, changed.clone()) {
+            // One look now, for a change made between the first load and the watch.
+            changed.notify_one();
+            let files = reloader.clone();
+            tasks.spawn(async move {
+                let _watching = watcher; // dropped (unwatched) when the server stops
+                tokio::select! { () = files.follow_file(changed) => {}, () = stop.cancelled() => {} }
+            });
+        }
         reloader
     }
 
@@ -100,7 +119,7 @@ impl Reloader {
         let ticket = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
         let mut done = self.done.subscribe();
         self.wake.notify_one();
-                let result = match done.wait_for(|d| d.ticket >= ticket).await {
+        let result = match done.wait_for(|d| d.ticket >= ticket).await {
             Ok(d) => d.result.clone(),
             Err(_) => Err("the server is stopping".to_owned()),
         };
@@ -142,7 +161,10 @@ impl Reloader {
                 self.set_last(LastReload { at, error: None });
             }
             Err(e) => {
-                warn!(generation = previous.generation, "reload failed, the running config stays: {e}");
+                warn!(
+                    generation = previous.generation,
+                    "reload failed, the running config stays: {e}"
+                );
                 previous.metrics.reload(false);
                 self.set_last(LastReload {
                     at,
@@ -155,9 +177,11 @@ impl Reloader {
 
     async fn load_and_swap(&self, previous: &Arc<Snapshot>) -> Result<(u64, String), ReloadError> {
         let origin = self.path.display().to_string();
-        let text = std::fs::read_to_string(&self.path).map_err(|source| crate::config::ConfigError::Read {
-            origin: origin.clone(),
-            source,
+        let text = std::fs::read_to_string(&self.path).map_err(|source| {
+            crate::config::ConfigError::Read {
+                origin: origin.clone(),
+                source,
+            }
         })?;
         let config = crate::config::from_str(&text, &origin)?;
         // New listeners bind before anything changes: a bind failure fails the reload.
@@ -168,12 +192,14 @@ impl Reloader {
                 added.push((l.bind, crate::server::bind_one(l.bind).await?));
             }
         }
-        let snap = Snapshot::build(config, Some(previous)).map_err(crate::server::StartError::from)?;
+        let snap =
+            Snapshot::build(config, Some(previous)).map_err(crate::server::StartError::from)?;
         let summary = crate::diff::diff(previous, &snap).summary();
         let generation = snap.generation;
         self.server.live().store(Arc::new(snap));
         self.server.apply(added);
-        self.loaded.store(xxh3_64(text.as_bytes()), Ordering::SeqCst);
+        self.loaded
+            .store(xxh3_64(text.as_bytes()), Ordering::SeqCst);
         Ok((generation, summary))
     }
 
@@ -183,43 +209,16 @@ impl Reloader {
         }
     }
 
-    async fn on_sighup(&self) {
-        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e, "cannot listen for SIGHUP; reload by file change or POST /reload");
-                return;
-            }
-        };
+    async fn on_sighup(&self, mut hup: tokio::signal::unix::Signal) {
         while hup.recv().await.is_some() {
             info!("SIGHUP: reloading");
             self.trigger();
         }
     }
 
-    /// Watches the config file's folder, not the file: editors replace files by
-    /// rename and Kubernetes swaps a `..data` symlink, which a watch on the file's
-    /// inode would miss.
-    async fn watch_files(&self) {
-        let changed = Arc::new(Notify::new());
-        let signal = changed.clone();
-        let mut watcher = match notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-            // Reads and attribute changes are not changes of content.
-            Ok(e) if matches!(e.kind, EventKind::Access(_) | EventKind::Modify(notify::event::ModifyKind::Metadata(_))) => {}
-            Ok(_) => signal.notify_one(),
-            Err(e) => debug!(error = %e, "config watcher error"),
-        }) {
-            Ok(w) => w,
-            Err(e) => {
-                warn!(error = %e, "cannot watch the config file; reload by SIGHUP or POST /reload");
-                return;
-            }
-        };
-        let folder = folder_of(&self.path);
-        if let Err(e) = watcher.watch(&folder, RecursiveMode::NonRecursive) {
-            warn!(folder = %folder.display(), error = %e, "cannot watch the config folder; reload by SIGHUP or POST /reload");
-            return;
-        }
+    /// Follows the watcher's signals: after a quiet `DEBOUNCE`, reloads if the file's
+    /// content differs from what was loaded last.
+    async fn follow_file(&self, changed: Arc<Notify>) {
         loop {
             changed.notified().await;
             tokio::time::sleep(DEBOUNCE).await;
@@ -236,6 +235,35 @@ impl Reloader {
             self.trigger();
         }
     }
+}
+
+/// Watches the folder of `path`, not the file: editors replace files by rename and
+/// Kubernetes swaps a `..data` symlink, which a watch on the file's inode would miss.
+/// Made before `start` returns, so no change after start-up goes unseen.
+fn watch_folder(path: &Path, changed: Arc<Notify>) -> Option<notify::RecommendedWatcher> {
+    let handler = move |event: notify::Result<notify::Event>| match event {
+        // Reads and attribute changes are not changes of content.
+        Ok(e)
+            if matches!(
+                e.kind,
+                EventKind::Access(_) | EventKind::Modify(notify::event::ModifyKind::Metadata(_))
+            ) => {}
+        Ok(_) => changed.notify_one(),
+        Err(e) => debug!(error = %e, "config watcher error"),
+    };
+    let mut watcher = match notify::recommended_watcher(handler) {
+        Ok(w) => w,
+        Err(e) => {
+            warn!(error = %e, "cannot watch the config file; reload by SIGHUP or POST /reload");
+            return None;
+        }
+    };
+    let folder = folder_of(path);
+    if let Err(e) = watcher.watch(&folder, RecursiveMode::NonRecursive) {
+        warn!(folder = %folder.display(), error = %e, "cannot watch the config folder; reload by SIGHUP or POST /reload");
+        return None;
+    }
+    Some(watcher)
 }
 
 fn folder_of(path: &Path) -> PathBuf {

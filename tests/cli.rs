@@ -329,3 +329,54 @@ async fn the_access_log_writes_one_json_line_per_request_to_stdout_unless_off() 
         }
     }
 }
+
+#[tokio::test]
+async fn sighup_reloads_even_an_unchanged_file() {
+    let a = TestBackend::spawn("a").await;
+    let admin = dead_addr().await;
+    let path = write_config(
+        "sighup",
+        &yaml_for(
+            &[("a", a.addr, 1)],
+            &format!("admin:\n  bind: \"{admin}\"\n"),
+        ),
+    );
+    let (mut child, _) = start(&path, &[]);
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let generation = || {
+        let client = client.clone();
+        async move {
+            let r = reply(
+                client
+                    .get(format!("http://{admin}/status").parse().unwrap())
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["generation"]
+                .as_u64()
+                .unwrap()
+        }
+    };
+    assert_eq!(generation().await, 1);
+    // The file is unchanged, which the watcher ignores: only SIGHUP can reload it.
+    signal(&child, "-HUP");
+    wait_until(Duration::from_secs(10), "SIGHUP to reload", || async {
+        generation().await == 2
+    })
+    .await;
+    signal(&child, "-HUP");
+    wait_until(
+        Duration::from_secs(10),
+        "a second SIGHUP to reload",
+        || async { generation().await == 3 },
+    )
+    .await;
+    signal(&child, "-TERM");
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}

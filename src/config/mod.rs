@@ -20,6 +20,9 @@ pub use value::{Address, KeySource};
 pub struct Config {
     /// The file as the user named it; used in messages.
     pub origin: String,
+    /// xxh3 of the text this config was read from, so a reload can tell a changed
+    /// file from an event that changed nothing.
+    pub source_hash: u64,
     /// Where clients connect; at least one, no two overlapping.
     pub listeners: Vec<Listener>,
     /// How a request becomes a point on the ring.
@@ -153,7 +156,9 @@ pub fn from_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
         return Err(ConfigError::empty(origin));
     }
     let raw = parse(text).map_err(|e| ConfigError::Invalid(vec![error::from_yaml(origin, &e)]))?;
-    validate::validate(raw, text, origin).map_err(ConfigError::Invalid)
+    let mut config = validate::validate(raw, text, origin).map_err(ConfigError::Invalid)?;
+    config.source_hash = xxhash_rust::xxh3::xxh3_64(text.as_bytes());
+    Ok(config)
 }
 
 /// The one place that knows the YAML library.

@@ -146,6 +146,7 @@ pub(crate) fn validate(
     }
     Ok(Config {
         origin: origin.to_owned(),
+        source_hash: 0,
         listeners: binds.into_iter().map(|bind| Listener { bind }).collect(),
         hash: Hash {
             key: raw.hash.key.0,

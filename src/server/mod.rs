@@ -12,11 +12,11 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use std::sync::Mutex;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use std::sync::Mutex;
 
 use tracing::{debug, info, warn};
 
@@ -92,7 +92,11 @@ pub async fn bind_one(addr: SocketAddr) -> Result<TcpListener, StartError> {
 ///
 /// # Errors
 /// `StartError` when a listener cannot bind or the ring cannot be built.
-pub async fn run(path: &std::path::Path, config: Config, stop: CancellationToken) -> Result<(), StartError> {
+pub async fn run(
+    path: &std::path::Path,
+    config: Config,
+    stop: CancellationToken,
+) -> Result<(), StartError> {
     let bound = bind(&config).await?;
     let live = Arc::new(Live::from_pointee(Snapshot::build(config, None)?));
     serve_reloadable(bound, live, stop, path.to_path_buf()).await;
@@ -108,7 +112,12 @@ pub async fn serve(bound: Bound, live: Arc<Live>, stop: CancellationToken) {
 
 /// As `serve`, reloading the config file at `path` when it changes, on SIGHUP and on
 /// `POST /reload`.
-pub async fn serve_reloadable(bound: Bound, live: Arc<Live>, stop: CancellationToken, path: std::path::PathBuf) {
+pub async fn serve_reloadable(
+    bound: Bound,
+    live: Arc<Live>,
+    stop: CancellationToken,
+    path: std::path::PathBuf,
+) {
     let server = Server::new(live, stop);
     let reloader = crate::reload::Reloader::start(path, server.clone());
     server.run(bound, Some(reloader)).await;
@@ -171,15 +180,26 @@ impl Server {
 
     /// Configured addresses of the listeners running now.
     pub fn listening(&self) -> Vec<SocketAddr> {
-        self.state.lock().map(|s| s.listeners.iter().map(|l| l.0).collect()).unwrap_or_default()
+        self.state
+            .lock()
+            .map(|s| s.listeners.iter().map(|l| l.0).collect())
+            .unwrap_or_default()
     }
 
     fn start_listener(&self, state: &mut State, bind: SocketAddr, listener: TcpListener) {
-        let addr = listener.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
+        let addr = listener
+            .local_addr()
+            .map_or_else(|_| "?".to_owned(), |a| a.to_string());
         info!(%addr, "listening");
         let token = self.stop.child_token();
         state.listeners.push((bind, token.clone()));
-        self.accepts.spawn(accept_loop(listener, self.live.clone(), self.limit.clone(), token, self.tasks.clone()));
+        self.accepts.spawn(accept_loop(
+            listener,
+            self.live.clone(),
+            self.limit.clone(),
+            token,
+            self.tasks.clone(),
+        ));
     }
 
     /// Brings what runs in line with the live snapshot: starts `added` listeners (bound
@@ -188,7 +208,9 @@ impl Server {
     /// connection limit.
     pub fn apply(&self, added: Vec<(SocketAddr, TcpListener)>) {
         let snap = self.live.load();
-        let Ok(mut state) = self.state.lock() else { return };
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
         let state = &mut *state;
         let wanted: Vec<SocketAddr> = snap.config.listeners.iter().map(|l| l.bind).collect();
         state.listeners.retain(|(bind, token)| {
@@ -214,7 +236,11 @@ impl Server {
     }
 
     /// Serves until `stop`, then drains.
-    pub async fn run(self: Arc<Self>, bound: Bound, reloader: Option<Arc<crate::reload::Reloader>>) {
+    pub async fn run(
+        self: Arc<Self>,
+        bound: Bound,
+        reloader: Option<Arc<crate::reload::Reloader>>,
+    ) {
         let snap = self.live.load_full();
         let drain = snap.config.timeouts.shutdown;
         snap.metrics.watch(&self.live);
@@ -244,7 +270,10 @@ impl Server {
             return;
         }
         info!(tasks = self.tasks.len(), "draining");
-        if tokio::time::timeout(drain, self.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(drain, self.tasks.wait())
+            .await
+            .is_err()
+        {
             warn!(tasks = self.tasks.len(), after = ?drain, "drain time over, closing what is left");
         }
     }

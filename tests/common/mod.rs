@@ -413,6 +413,45 @@ impl TestProxy {
         }
     }
 
+    /// The real proxy serving the config file at `path`, with hot reload on.
+    pub async fn spawn_file(path: &std::path::Path) -> Self {
+        let config = ringlb::config::load(path).unwrap_or_else(|e| panic!("test config: {e}"));
+        let bound = ringlb::server::bind(&config)
+            .await
+            .expect("bind the proxy on 127.0.0.1");
+        let addr = bound.proxy[0].local_addr().expect("local addr");
+        let admin = bound
+            .admin
+            .as_ref()
+            .map(|a| a.local_addr().expect("admin local addr"));
+        let live = Arc::new(Live::from_pointee(
+            Snapshot::build(config, None).expect("ring builds"),
+        ));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(ringlb::server::serve_reloadable(
+            bound,
+            live.clone(),
+            stop.clone(),
+            path.to_path_buf(),
+        ));
+        TestProxy {
+            addr,
+            admin,
+            live,
+            stop,
+            task: Some(task),
+            h1: Client::builder(TokioExecutor::new()).build_http(),
+            h2: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build_http(),
+        }
+    }
+
+    /// The generation serving now.
+    pub fn generation(&self) -> u64 {
+        self.live.load().generation
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
