@@ -2,7 +2,7 @@
 //! the share of keys that move, from which backend to which, and each backend's new
 //! share. Pure: snapshots in, numbers out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use crate::snapshot::Snapshot;
@@ -24,44 +24,59 @@ pub struct KeyDiff {
     pub shares: Vec<(String, f64)>,
 }
 
-/// Compares the owners of every arc of the key space under `old` and `new`.
+/// Compares the owners of every arc of the key space under `old` and `new`, in one
+/// linear merge of the two rings' sorted points.
 pub fn diff(old: &Snapshot, new: &Snapshot) -> KeyDiff {
-    let name = |snap: &Snapshot, h: u64| {
-        snap.ring
-            .owner(h)
-            .map(|id| snap.backend(id).name.to_string())
-    };
-    // Arc boundaries: every point of either ring. Between two consecutive boundaries
-    // (a, b] no point of either ring lies, so every key there has the owner of b.
-    let mut bounds: Vec<u64> = old
-        .ring
-        .points()
-        .iter()
-        .chain(new.ring.points())
-        .copied()
-        .collect();
-    bounds.sort_unstable();
-    bounds.dedup();
-
-    let mut flows: BTreeMap<(Option<String>, Option<String>), f64> = BTreeMap::new();
-    let space = 2f64.powi(64);
-    let mut moved = 0u128;
-    for (i, &b) in bounds.iter().enumerate() {
-        let arc = if i == 0 {
-            // From the last boundary, around zero, to the first.
-            (u128::from(u64::MAX) - u128::from(bounds[bounds.len() - 1])) + u128::from(b) + 1
-        } else {
-            u128::from(b - bounds[i - 1])
+    let (oh, oo) = (old.ring.points(), old.ring.owners());
+    let (nh, no) = (new.ring.points(), new.ring.owners());
+    // Arc lengths moved, by (old owner, new owner) index; u32::MAX is "no owner".
+    let mut moved_by: HashMap<(u32, u32), u128> = HashMap::new();
+    let last = oh.last().copied().max(nh.last().copied());
+    let (mut i, mut j) = (0, 0);
+    // Between two consecutive points of either ring (a, b] every key has the owner of
+    // b in each ring: the first point at or after b, wrapping to the first point.
+    let mut previous: Option<u64> = None;
+    while i < oh.len() || j < nh.len() {
+        let b = match (oh.get(i), nh.get(j)) {
+            (Some(&x), Some(&y)) => x.min(y),
+            (Some(&x), None) => x,
+            (None, Some(&y)) => y,
+            (None, None) => break,
         };
-        let (from, to) = (name(old, b), name(new, b));
-        if from != to {
-            moved += arc;
-            *flows.entry((from, to)).or_insert(0.0) += arc as f64 / space;
+        let arc = match previous {
+            Some(p) => u128::from(b - p),
+            // From the last point, around zero, to the first.
+            None => (u128::from(u64::MAX) - u128::from(last.unwrap_or(0))) + u128::from(b) + 1,
+        };
+        let from = oo.get(i).or(oo.first()).map_or(u32::MAX, |id| id.0);
+        let to = no.get(j).or(no.first()).map_or(u32::MAX, |id| id.0);
+        if name_of(old, from) != name_of(new, to) {
+            *moved_by.entry((from, to)).or_insert(0) += arc;
         }
+        while oh.get(i) == Some(&b) {
+            i += 1;
+        }
+        while nh.get(j) == Some(&b) {
+            j += 1;
+        }
+        previous = Some(b);
     }
-    if bounds.is_empty() && old.ring.is_empty() != new.ring.is_empty() {
-        moved = 1u128 << 64;
+    let space = 2f64.powi(64);
+    let mut moved: u128 = moved_by.values().sum();
+    if last.is_none() {
+        // Neither ring has a point; nothing moves unless one of them is empty alone.
+        moved = 0;
     }
+    let flows: BTreeMap<(Option<String>, Option<String>), f64> = moved_by
+        .into_iter()
+        .map(|((from, to), arc)| {
+            let key = (
+                name_of(old, from).map(str::to_owned),
+                name_of(new, to).map(str::to_owned),
+            );
+            (key, arc as f64 / space)
+        })
+        .collect();
 
     let names = |s: &Snapshot| -> BTreeMap<String, u32> {
         s.config
@@ -100,6 +115,10 @@ pub fn diff(old: &Snapshot, new: &Snapshot) -> KeyDiff {
             .zip(new.shares())
             .collect(),
     }
+}
+
+fn name_of(snap: &Snapshot, id: u32) -> Option<&str> {
+    snap.backends.get(id as usize).map(|b| &*b.name)
 }
 
 impl KeyDiff {

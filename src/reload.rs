@@ -18,7 +18,7 @@ use crate::snapshot::Snapshot;
 
 /// Quiet time after a file event before the file is read: editors and config tools
 /// write in several steps (truncate, write, rename); one reload sees the end result.
-const DEBOUNCE: Duration = Duration::from_millis(100);
+const DEBOUNCE: Duration = Duration::from_millis(25);
 
 /// Why a reload changed nothing.
 #[derive(Debug, thiserror::Error)]

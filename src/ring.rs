@@ -127,6 +127,11 @@ impl Ring {
         &self.hashes
     }
 
+    /// The owner of each point, parallel to `points`.
+    pub fn owners(&self) -> &[BackendId] {
+        &self.owners
+    }
+
     /// Number of points.
     pub fn len(&self) -> usize {
         self.hashes.len()

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use std::collections::HashMap;
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
@@ -41,17 +42,16 @@ impl Snapshot {
     /// `RingError` when the ring cannot be built.
     pub fn build(config: Config, previous: Option<&Snapshot>) -> Result<Snapshot, RingError> {
         let metrics = previous.map_or_else(|| Arc::new(Metrics::new()), |p| p.metrics.clone());
+        let kept: HashMap<&str, &Arc<BackendState>> = previous
+            .map(|p| p.backends.iter().map(|b| (&*b.name, b)).collect())
+            .unwrap_or_default();
         let backends: Vec<Arc<BackendState>> = config
             .backends
             .iter()
             .map(|b| {
-                previous
-                    .and_then(|p| {
-                        p.backends
-                            .iter()
-                            .find(|s| s.name == b.name && s.address == b.address)
-                    })
-                    .cloned()
+                kept.get(&*b.name)
+                    .filter(|s| s.address == b.address)
+                    .map(|s| Arc::clone(s))
                     .unwrap_or_else(|| {
                         BackendState::new(
                             b.name.clone(),
