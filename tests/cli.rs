@@ -380,3 +380,33 @@ async fn sighup_reloads_even_an_unchanged_file() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn diff_reports_the_exact_share_of_keys_a_change_moves() {
+    let old = write_config("diff-old", THREE);
+    let new = write_config(
+        "diff-new",
+        &THREE.replace(
+            "  - name: app-2\n    address: \"127.0.0.1:9002\"\n",
+            "  - name: app-4\n    address: \"127.0.0.1:9004\"\n",
+        ),
+    );
+    let out = ringlb(&["diff", old.to_str().unwrap(), new.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let build = |p: &std::path::Path| {
+        ringlb::snapshot::Snapshot::build(ringlb::config::load(p).unwrap(), None).unwrap()
+    };
+    let d = ringlb::diff::diff(&build(&old), &build(&new));
+    assert!(
+        stdout.starts_with(&format!(
+            "+app-4 -app-2, {:.1}% of keys moved\n",
+            d.moved * 100.0
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains("app-2 -> app-4"), "{stdout}");
+    assert!(stdout.contains("shares after the change:"), "{stdout}");
+    let bad = ringlb(&["diff", old.to_str().unwrap(), "/nonexistent.yaml"]);
+    assert_eq!(bad.status.code(), Some(1));
+}

@@ -389,6 +389,8 @@ async fn fifty_reloads_under_load_fail_no_request_and_leak_nothing() {
         w.await.unwrap();
     }
     let fds_before = open_fds();
+    let tasks = tokio::runtime::Handle::current().metrics();
+    let tasks_before = tasks.num_alive_tasks();
 
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let stop = tokio_util::sync::CancellationToken::new();
@@ -439,6 +441,13 @@ async fn fifty_reloads_under_load_fail_no_request_and_leak_nothing() {
         Duration::from_secs(10),
         "descriptors back to their level",
         || async { open_fds() <= fds_before + 24 },
+    )
+    .await;
+    // Likewise tasks: a checker, watcher or listener left behind per reload would be 50.
+    wait_until(
+        Duration::from_secs(10),
+        "tasks back to their level",
+        || async { tasks.num_alive_tasks() <= tasks_before + 24 },
     )
     .await;
 }
