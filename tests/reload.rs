@@ -451,3 +451,52 @@ async fn fifty_reloads_under_load_fail_no_request_and_leak_nothing() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_removed_backends_request_in_flight_finishes_and_route_follows_the_reload() {
+    let (a, b) = (TestBackend::spawn("a").await, TestBackend::spawn("b").await);
+    let dir = folder("inflight");
+    let path = dir.join("lb.yaml");
+    let by_k = "hash:\n  key: query:k\n";
+    std::fs::write(&path, config(&[("a", a.addr, 1), ("b", b.addr, 1)], by_k)).unwrap();
+    let proxy = Arc::new(TestProxy::spawn_file(&path).await);
+    let key = (0..1000)
+        .map(|i| format!("k{i}"))
+        .find(|k| proxy.route(k.as_bytes())[0] == "b")
+        .unwrap();
+    let p = proxy.clone();
+    let k = key.clone();
+    let in_flight = tokio::spawn(async move { p.get(&format!("/slow?ms=1500&k={k}")).await });
+    wait_until(
+        Duration::from_secs(5),
+        "the slow request to reach b",
+        || async { b.hits() == 1 },
+    )
+    .await;
+
+    replace_by_rename(&path, &config(&[("a", a.addr, 1)], by_k));
+    assert_eq!(post(&proxy, "/reload").await.0, 200);
+    let done = in_flight.await.unwrap();
+    assert_eq!(
+        (done.status.as_u16(), done.served_by.as_deref()),
+        (200, Some("b")),
+        "finished on b"
+    );
+
+    let admin = proxy.admin.unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let r = reply(
+        client
+            .get(format!("http://{admin}/route?key={key}").parse().unwrap())
+            .await
+            .unwrap(),
+    )
+    .await;
+    let route: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(route["backend"], "a", "/route answers from the new ring");
+    assert_eq!(
+        proxy.get(&format!("/x?k={key}")).await.served_by.as_deref(),
+        Some("a")
+    );
+}
