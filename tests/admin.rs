@@ -14,8 +14,7 @@ const ADMIN: &str = "admin:\n  bind: \"127.0.0.1:0\"\n";
 
 async fn admin_get(proxy: &TestProxy, path: &str) -> Reply {
     let addr = proxy.admin.expect("the config has an admin listener");
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let client = client();
     reply(
         client
             .get(format!("http://{addr}{path}").parse().unwrap())

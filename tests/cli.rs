@@ -197,9 +197,7 @@ async fn sigterm_drains_the_request_in_flight_and_exits_0() {
     let (mut child, addr) = start(&path, &["--log-format", "json"]);
     let url = format!("http://{addr}/slow?ms=1500");
     let in_flight = tokio::spawn(async move {
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        let client = client();
         reply(
             client
                 .get(url.parse().unwrap())
@@ -282,9 +280,7 @@ async fn the_access_log_writes_one_json_line_per_request_to_stdout_unless_off() 
             Stdio::piped(),
             "warn,ringlb::server=info",
         );
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        let client = client();
         for target in ["/al/1", "/al/2?x=1"] {
             let r = reply(
                 client
@@ -342,8 +338,7 @@ async fn sighup_reloads_even_an_unchanged_file() {
         ),
     );
     let (mut child, _) = start(&path, &[]);
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let client = client();
     let generation = || {
         let client = client.clone();
         async move {

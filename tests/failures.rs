@@ -349,12 +349,7 @@ async fn a_backend_answering_before_the_upload_ends_does_not_stall_the_next_requ
     let a = TestBackend::spawn("a").await;
     let proxy = TestProxy::spawn(&yaml_with(&[&a])).await;
     // An upload the backend answers after its first chunk, and whose client then stalls.
-    let (tx, rx) = tokio::sync::mpsc::channel::<
-        Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
-    >(1);
-    let stream =
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
-    let body = http_body_util::StreamBody::new(Box::pin(stream));
+    let (tx, body) = channel_body();
     tx.send(Ok(hyper::body::Frame::data(Bytes::from_static(b"one"))))
         .await
         .unwrap();
@@ -381,12 +376,7 @@ async fn an_upload_slower_than_the_response_timeout_is_not_a_504() {
         "timeouts:\n  response: 400ms\n",
     ))
     .await;
-    let (tx, rx) = tokio::sync::mpsc::channel::<
-        Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
-    >(1);
-    let stream =
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
-    let body = http_body_util::StreamBody::new(Box::pin(stream));
+    let (tx, body) = channel_body();
     tokio::spawn(async move {
         for i in 0..6u64 {
             let chunk: Vec<u8> = (i * 1000..(i + 1) * 1000).map(pattern).collect();

@@ -38,8 +38,7 @@ fn replace_by_rename(path: &Path, text: &str) {
 
 async fn post(proxy: &TestProxy, path: &str) -> (u16, Value) {
     let addr = proxy.admin.expect("admin listener");
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let client = client();
     let req = http::Request::post(format!("http://{addr}{path}"))
         .body(Default::default())
         .unwrap();
@@ -52,8 +51,7 @@ async fn post(proxy: &TestProxy, path: &str) -> (u16, Value) {
 
 async fn status(proxy: &TestProxy) -> Value {
     let addr = proxy.admin.expect("admin listener");
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let client = client();
     let r = reply(
         client
             .get(format!("http://{addr}/status").parse().unwrap())
@@ -484,8 +482,7 @@ async fn a_removed_backends_request_in_flight_finishes_and_route_follows_the_rel
     );
 
     let admin = proxy.admin.unwrap();
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let client = client();
     let r = reply(
         client
             .get(format!("http://{admin}/route?key={key}").parse().unwrap())

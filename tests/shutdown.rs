@@ -15,9 +15,7 @@ async fn stop_refuses_new_connections_and_finishes_the_request_in_flight() {
     let addr = proxy.addr;
     let url = proxy.url("/slow?ms=1500");
     let in_flight = tokio::spawn(async move {
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        let client = client();
         reply(
             client
                 .get(url.parse().unwrap())
@@ -61,9 +59,7 @@ async fn the_drain_gives_up_after_the_shutdown_timeout() {
     .await;
     let url = proxy.url("/slow?ms=20000");
     tokio::spawn(async move {
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        let client = client();
         let _ = client.get(url.parse().unwrap()).await;
     });
     wait_until(

@@ -3,31 +3,18 @@
 
 mod common;
 
-use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
 use http::Request;
-use http_body_util::{BodyExt, StreamBody};
+use http_body_util::BodyExt;
 use hyper::body::Frame;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tokio::sync::mpsc;
 
 const MIB_64: u64 = 64 * 1024 * 1024;
 const CHUNK: u64 = 256 * 1024;
-
-type Chunk = Result<Frame<Bytes>, Infallible>;
-
-type ChunkStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = Chunk> + Send>>;
-
-fn channel_body() -> (mpsc::Sender<Chunk>, StreamBody<ChunkStream>) {
-    let (tx, rx) = mpsc::channel::<Chunk>(4);
-    let stream =
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
-    (tx, StreamBody::new(Box::pin(stream)))
-}
 
 #[tokio::test]
 async fn a_64_mib_upload_arrives_intact() {

@@ -63,9 +63,7 @@ async fn an_open_tunnel_keeps_its_connection_slot() {
 
     let url = proxy.url("/other");
     let other = tokio::spawn(async move {
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        let client = client();
         client.get(url.parse().unwrap()).await.unwrap().status()
     });
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;

@@ -387,35 +387,19 @@ impl TestProxy {
     pub async fn spawn(yaml: &str) -> Self {
         let config = ringlb::config::from_str(yaml, "test.yaml")
             .unwrap_or_else(|e| panic!("test config: {e}"));
-        let bound = ringlb::server::bind(&config)
-            .await
-            .expect("bind the proxy on 127.0.0.1:0");
-        let addr = bound.proxy[0].local_addr().expect("local addr");
-        let admin = bound
-            .admin
-            .as_ref()
-            .map(|a| a.local_addr().expect("admin local addr"));
-        let live = Arc::new(Live::from_pointee(
-            Snapshot::build(config, None).expect("ring builds"),
-        ));
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(ringlb::server::serve(bound, live.clone(), stop.clone()));
-        TestProxy {
-            addr,
-            admin,
-            live,
-            stop,
-            task: Some(task),
-            h1: Client::builder(TokioExecutor::new()).build_http(),
-            h2: Client::builder(TokioExecutor::new())
-                .http2_only(true)
-                .build_http(),
-        }
+        Self::start(config, None).await
     }
 
     /// The real proxy serving the config file at `path`, with hot reload on.
     pub async fn spawn_file(path: &std::path::Path) -> Self {
         let config = ringlb::config::load(path).unwrap_or_else(|e| panic!("test config: {e}"));
+        Self::start(config, Some(path.to_path_buf())).await
+    }
+
+    async fn start(
+        config: ringlb::config::Config,
+        reload_from: Option<std::path::PathBuf>,
+    ) -> Self {
         let bound = ringlb::server::bind(&config)
             .await
             .expect("bind the proxy on 127.0.0.1");
@@ -428,12 +412,15 @@ impl TestProxy {
             Snapshot::build(config, None).expect("ring builds"),
         ));
         let stop = CancellationToken::new();
-        let task = tokio::spawn(ringlb::server::serve_reloadable(
-            bound,
-            live.clone(),
-            stop.clone(),
-            path.to_path_buf(),
-        ));
+        let task = match reload_from {
+            Some(path) => tokio::spawn(ringlb::server::serve_reloadable(
+                bound,
+                live.clone(),
+                stop.clone(),
+                path,
+            )),
+            None => tokio::spawn(ringlb::server::serve(bound, live.clone(), stop.clone())),
+        };
         TestProxy {
             addr,
             admin,
@@ -582,4 +569,24 @@ pub fn tally(replies: &[Reply]) -> HashMap<String, usize> {
 /// An empty body for requests built by hand.
 pub fn empty() -> Empty<Bytes> {
     Empty::new()
+}
+
+/// A fresh keep-alive HTTP/1.1 client for bodiless requests.
+pub fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// One chunk of a streamed request body.
+pub type Chunk = Result<Frame<Bytes>, Infallible>;
+
+/// A boxed stream of chunks, as a body type.
+pub type ChunkStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = Chunk> + Send>>;
+
+/// A request body fed chunk by chunk through the returned sender; it ends when the
+/// sender is dropped.
+pub fn channel_body() -> (tokio::sync::mpsc::Sender<Chunk>, StreamBody<ChunkStream>) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(4);
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    (tx, StreamBody::new(Box::pin(stream)))
 }
