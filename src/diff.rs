@@ -20,6 +20,9 @@ pub struct KeyDiff {
     pub removed: Vec<String>,
     /// Backends in both whose weight changed: (name, old, new).
     pub reweighted: Vec<(String, u32, u32)>,
+    /// Backends in both whose address changed: (name, old, new). They start cold (new
+    /// connections, fresh state), so their keys count as moved.
+    pub readdressed: Vec<(String, String, String)>,
     /// Each new backend's share of the key space.
     pub shares: Vec<(String, f64)>,
 }
@@ -50,7 +53,7 @@ pub fn diff(old: &Snapshot, new: &Snapshot) -> KeyDiff {
         };
         let from = oo.get(i).or(oo.first()).map_or(u32::MAX, |id| id.0);
         let to = no.get(j).or(no.first()).map_or(u32::MAX, |id| id.0);
-        if name_of(old, from) != name_of(new, to) {
+        if ident(old, from) != ident(new, to) {
             *moved_by.entry((from, to)).or_insert(0) += arc;
         }
         while oh.get(i) == Some(&b) {
@@ -78,11 +81,11 @@ pub fn diff(old: &Snapshot, new: &Snapshot) -> KeyDiff {
         })
         .collect();
 
-    let names = |s: &Snapshot| -> BTreeMap<String, u32> {
+    let names = |s: &Snapshot| -> BTreeMap<String, (u32, String)> {
         s.config
             .backends
             .iter()
-            .map(|b| (b.name.to_string(), b.weight))
+            .map(|b| (b.name.to_string(), (b.weight, b.address.to_string())))
             .collect()
     };
     let (before, after) = (names(old), names(new));
@@ -101,11 +104,20 @@ pub fn diff(old: &Snapshot, new: &Snapshot) -> KeyDiff {
             .collect(),
         reweighted: after
             .iter()
-            .filter_map(|(n, w)| {
+            .filter_map(|(n, (w, _))| {
                 before
                     .get(n)
-                    .filter(|old| *old != w)
-                    .map(|old| (n.clone(), *old, *w))
+                    .filter(|(old, _)| old != w)
+                    .map(|(old, _)| (n.clone(), *old, *w))
+            })
+            .collect(),
+        readdressed: after
+            .iter()
+            .filter_map(|(n, (_, a))| {
+                before
+                    .get(n)
+                    .filter(|(_, old)| old != a)
+                    .map(|(_, old)| (n.clone(), old.clone(), a.clone()))
             })
             .collect(),
         shares: new
@@ -121,12 +133,25 @@ fn name_of(snap: &Snapshot, id: u32) -> Option<&str> {
     snap.backends.get(id as usize).map(|b| &*b.name)
 }
 
+/// A backend's identity across configs: the name and the address, as a reload keeps
+/// a backend's state only when both stay.
+fn ident(snap: &Snapshot, id: u32) -> Option<(&str, &crate::config::Address)> {
+    snap.backends
+        .get(id as usize)
+        .map(|b| (&*b.name, &b.address))
+}
+
 impl KeyDiff {
     /// One line for logs: `+app-4 -app-2 ~app-3(1->2), 14.8% of keys moved`.
     pub fn summary(&self) -> String {
         let mut parts: Vec<String> = Vec::new();
         parts.extend(self.added.iter().map(|n| format!("+{n}")));
         parts.extend(self.removed.iter().map(|n| format!("-{n}")));
+        parts.extend(
+            self.readdressed
+                .iter()
+                .map(|(n, a, b)| format!("~{n}(address {a}->{b})")),
+        );
         parts.extend(
             self.reweighted
                 .iter()
@@ -173,10 +198,11 @@ mod tests {
     fn snap(backends: &[(&str, u32)]) -> Snapshot {
         let mut y =
             String::from("listeners:\n  - bind: \"127.0.0.1:0\"\nhash:\n  vnodes: 40\nbackends:\n");
-        for (i, (n, w)) in backends.iter().enumerate() {
+        // The address follows the name (a -> 9000, b -> 9001, ...), as a real backend's would.
+        for (n, w) in backends {
+            let port = 9000 + u16::from(n.as_bytes()[0] - b'a');
             y.push_str(&format!(
-                "  - name: {n}\n    address: \"127.0.0.1:{}\"\n    weight: {w}\n",
-                9000 + i
+                "  - name: {n}\n    address: \"127.0.0.1:{port}\"\n    weight: {w}\n"
             ));
         }
         Snapshot::build(config::from_str(&y, "t.yaml").unwrap(), None).unwrap()
@@ -216,6 +242,22 @@ mod tests {
         assert!((d.moved - share_d).abs() < 1e-12);
         assert!(d.flows.keys().all(|(_, to)| to.as_deref() == Some("d")));
         assert_eq!(d.added, ["d"]);
+    }
+
+    #[test]
+    fn a_new_address_moves_the_backends_keys_as_it_starts_cold() {
+        let old = snap(&[("a", 1), ("b", 1)]);
+        let y = "listeners:\n  - bind: \"127.0.0.1:0\"\nhash:\n  vnodes: 40\nbackends:\n  - name: a\n    address: \"127.0.0.1:9000\"\n  - name: b\n    address: \"127.0.0.1:7777\"\n";
+        let new = Snapshot::build(config::from_str(y, "t.yaml").unwrap(), None).unwrap();
+        let d = diff(&old, &new);
+        assert!((d.moved - old.shares()[1]).abs() < 1e-12);
+        assert_eq!(
+            d.summary(),
+            format!(
+                "~b(address 127.0.0.1:9001->127.0.0.1:7777), {:.1}% of keys moved",
+                d.moved * 100.0
+            )
+        );
     }
 
     #[test]

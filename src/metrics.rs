@@ -258,6 +258,25 @@ impl Metrics {
         BackendMetrics::of(backend, &self.requests, &self.duration, &self.errors)
     }
 
+    /// Drops a removed backend's series, so a churn of backend names does not grow
+    /// `/metrics` forever. A backend that comes back starts its counters again.
+    pub fn forget(&self, backend: &str) {
+        let b = backend.to_owned();
+        for code in CLASSES {
+            self.requests.remove(&RequestLabels {
+                backend: b.clone(),
+                code,
+            });
+        }
+        for k in ErrorKind::ALL {
+            self.errors.remove(&ErrorLabels {
+                backend: b.clone(),
+                kind: k.label(),
+            });
+        }
+        self.duration.remove(&BackendLabels { backend: b });
+    }
+
     /// Counts a config load by result.
     pub fn reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "error" };

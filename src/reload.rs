@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::{watch, Notify};
 use tracing::{debug, info, warn};
@@ -29,6 +30,12 @@ pub enum ReloadError {
     /// A new listener could not bind, or the ring could not be built.
     #[error(transparent)]
     Start(#[from] crate::server::StartError),
+    /// The admin listener cannot move while running.
+    #[error("admin.bind changed: restart ringlb to move or remove the admin listener")]
+    AdminChanged,
+    /// The reload's work was cancelled or panicked.
+    #[error("reload aborted: {0}")]
+    Aborted(String),
 }
 
 /// The outcome of the latest reload, for `/status`.
@@ -119,11 +126,14 @@ impl Reloader {
         let ticket = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
         let mut done = self.done.subscribe();
         self.wake.notify_one();
-        let result = match done.wait_for(|d| d.ticket >= ticket).await {
-            Ok(d) => d.result.clone(),
-            Err(_) => Err("the server is stopping".to_owned()),
-        };
-        result
+        let stop = self.server.stop_token().clone();
+        tokio::select! {
+            r = done.wait_for(|d| d.ticket >= ticket) => match r {
+                Ok(d) => d.result.clone(),
+                Err(_) => Err("the reloader stopped".to_owned()),
+            },
+            () = stop.cancelled() => Err("the server is stopping".to_owned()),
+        }
     }
 
     /// Asks for a reload without waiting.
@@ -176,14 +186,24 @@ impl Reloader {
     }
 
     async fn load_and_swap(&self, previous: &Arc<Snapshot>) -> Result<(u64, String), ReloadError> {
-        let origin = self.path.display().to_string();
-        let text = std::fs::read_to_string(&self.path).map_err(|source| {
-            crate::config::ConfigError::Read {
-                origin: origin.clone(),
-                source,
-            }
-        })?;
-        let config = crate::config::from_str(&text, &origin)?;
+        // Reading, parsing and building a large ring take milliseconds: off the
+        // runtime threads that serve requests.
+        let path = self.path.clone();
+        let (config, hash) = blocking(move || {
+            let origin = path.display().to_string();
+            let text = std::fs::read_to_string(&path).map_err(|source| {
+                crate::config::ConfigError::Read {
+                    origin: origin.clone(),
+                    source,
+                }
+            })?;
+            let config = crate::config::from_str(&text, &origin)?;
+            Ok((config, xxh3_64(text.as_bytes())))
+        })
+        .await?;
+        if config.admin != previous.config.admin {
+            return Err(ReloadError::AdminChanged);
+        }
         // New listeners bind before anything changes: a bind failure fails the reload.
         let running = self.server.listening();
         let mut added = Vec::new();
@@ -192,14 +212,27 @@ impl Reloader {
                 added.push((l.bind, crate::server::bind_one(l.bind).await?));
             }
         }
-        let snap =
-            Snapshot::build(config, Some(previous)).map_err(crate::server::StartError::from)?;
-        let summary = crate::diff::diff(previous, &snap).summary();
+        let before = previous.clone();
+        let (snap, summary) = blocking(move || {
+            let snap =
+                Snapshot::build(config, Some(&before)).map_err(crate::server::StartError::from)?;
+            let summary = crate::diff::diff(&before, &snap).summary();
+            Ok((snap, summary))
+        })
+        .await?;
         let generation = snap.generation;
+        let gone: Vec<Arc<str>> = previous
+            .backends
+            .iter()
+            .filter(|b| !snap.backends.iter().any(|n| n.name == b.name))
+            .map(|b| b.name.clone())
+            .collect();
         self.server.live().store(Arc::new(snap));
         self.server.apply(added);
-        self.loaded
-            .store(xxh3_64(text.as_bytes()), Ordering::SeqCst);
+        for name in gone {
+            previous.metrics.forget(&name);
+        }
+        self.loaded.store(hash, Ordering::SeqCst);
         Ok((generation, summary))
     }
 
@@ -221,7 +254,12 @@ impl Reloader {
     async fn follow_file(&self, changed: Arc<Notify>) {
         loop {
             changed.notified().await;
-            tokio::time::sleep(DEBOUNCE).await;
+            // Debounce: wait until the folder has been quiet for a whole DEBOUNCE, so a
+            // file written in several steps is read once, complete.
+            while tokio::time::timeout(DEBOUNCE, changed.notified())
+                .await
+                .is_ok()
+            {}
             let Ok(text) = std::fs::read(&self.path) else {
                 // Mid-replace, or removed: a later event brings the new file.
                 continue;
@@ -237,12 +275,30 @@ impl Reloader {
     }
 }
 
+/// Runs `f` on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ReloadError> + Send + 'static,
+) -> Result<T, ReloadError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ReloadError::Aborted(e.to_string()))?
+}
+
 /// Watches the folder of `path`, not the file: editors replace files by rename and
 /// Kubernetes swaps a `..data` symlink, which a watch on the file's inode would miss.
 /// Made before `start` returns, so no change after start-up goes unseen.
 fn watch_folder(path: &Path, changed: Arc<Notify>) -> Option<notify::RecommendedWatcher> {
     let handler = move |event: notify::Result<notify::Event>| match event {
-        // Reads and attribute changes are not changes of content.
+        // Closing a file that was written is a change (some tools write in place); other
+        // accesses and attribute changes are not changes of content.
+        Ok(e)
+            if matches!(
+                e.kind,
+                EventKind::Access(AccessKind::Close(AccessMode::Write))
+            ) =>
+        {
+            changed.notify_one()
+        }
         Ok(e)
             if matches!(
                 e.kind,

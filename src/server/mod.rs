@@ -12,6 +12,7 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -118,9 +119,7 @@ pub async fn serve_reloadable(
     stop: CancellationToken,
     path: std::path::PathBuf,
 ) {
-    let server = Server::new(live, stop);
-    let reloader = crate::reload::Reloader::start(path, server.clone());
-    server.run(bound, Some(reloader)).await;
+    Server::new(live, stop).run(bound, Some(path)).await;
 }
 
 /// The running proxy: what outlives a snapshot, and what a reload adjusts.
@@ -134,6 +133,9 @@ pub struct Server {
     /// Accept loops, one per listener.
     accepts: TaskTracker,
     limit: Arc<Semaphore>,
+    /// Slots still to take back after `limits.max_connections` went down while they
+    /// were in use: accept loops forget that many permits as connections close.
+    debt: Arc<AtomicUsize>,
     state: Mutex<State>,
 }
 
@@ -155,6 +157,7 @@ impl Server {
             tasks: TaskTracker::new(),
             accepts: TaskTracker::new(),
             limit: Arc::new(Semaphore::new(max)),
+            debt: Arc::default(),
             state: Mutex::new(State {
                 listeners: Vec::new(),
                 max_connections: max,
@@ -196,7 +199,7 @@ impl Server {
         self.accepts.spawn(accept_loop(
             listener,
             self.live.clone(),
-            self.limit.clone(),
+            (self.limit.clone(), self.debt.clone()),
             token,
             self.tasks.clone(),
         ));
@@ -227,24 +230,35 @@ impl Server {
         state.health.reconcile(&snap, &self.tasks, &self.stop);
         let max = snap.config.limits.max_connections;
         if max > state.max_connections {
-            self.limit.add_permits(max - state.max_connections);
+            // Cancel what is still owed before adding slots.
+            let mut more = max - state.max_connections;
+            let owed = self.debt.load(Ordering::SeqCst).min(more);
+            self.debt.fetch_sub(owed, Ordering::SeqCst);
+            more -= owed;
+            self.limit.add_permits(more);
         } else if max < state.max_connections {
-            // Only free slots can be taken back now; the rest as connections close.
-            self.limit.forget_permits(state.max_connections - max);
+            // Free slots go now; slots in use are owed and taken back as they free up.
+            let fewer = state.max_connections - max;
+            let taken = self.limit.forget_permits(fewer);
+            self.debt.fetch_add(fewer - taken, Ordering::SeqCst);
         }
         state.max_connections = max;
     }
 
-    /// Serves until `stop`, then drains.
-    pub async fn run(
-        self: Arc<Self>,
-        bound: Bound,
-        reloader: Option<Arc<crate::reload::Reloader>>,
-    ) {
+    /// Serves until `stop`, then drains. With `reload_from`, the config file there is
+    /// reloaded on change, SIGHUP and `POST /reload`; the reloader starts once the
+    /// first listeners are recorded, so its first look cannot bind them twice.
+    pub async fn run(self: Arc<Self>, bound: Bound, reload_from: Option<std::path::PathBuf>) {
         let snap = self.live.load_full();
-        let drain = snap.config.timeouts.shutdown;
         snap.metrics.watch(&self.live);
-        snap.metrics.reload(true);
+        if let Ok(mut state) = self.state.lock() {
+            for (bind, listener) in bound.binds.into_iter().zip(bound.proxy) {
+                self.start_listener(&mut state, bind, listener);
+            }
+            state.health.reconcile(&snap, &self.tasks, &self.stop);
+        }
+        drop(snap);
+        let reloader = reload_from.map(|path| crate::reload::Reloader::start(path, self.clone()));
         if let Some(admin) = bound.admin {
             self.tasks.spawn(crate::admin::serve(
                 admin,
@@ -254,13 +268,6 @@ impl Server {
                 self.tasks.clone(),
             ));
         }
-        if let Ok(mut state) = self.state.lock() {
-            for (bind, listener) in bound.binds.into_iter().zip(bound.proxy) {
-                self.start_listener(&mut state, bind, listener);
-            }
-            state.health.reconcile(&snap, &self.tasks, &self.stop);
-        }
-        drop(snap);
 
         self.stop.cancelled().await;
         self.accepts.close();
@@ -269,6 +276,8 @@ impl Server {
         if self.tasks.is_empty() {
             return;
         }
+        // The drain time of the config serving now, reloads included.
+        let drain = self.live.load().config.timeouts.shutdown;
         info!(tasks = self.tasks.len(), "draining");
         if tokio::time::timeout(drain, self.tasks.wait())
             .await
@@ -282,7 +291,7 @@ impl Server {
 async fn accept_loop(
     listener: TcpListener,
     live: Arc<Live>,
-    limit: Arc<Semaphore>,
+    (limit, debt): (Arc<Semaphore>, Arc<AtomicUsize>),
     stop: CancellationToken,
     conns: TaskTracker,
 ) {
@@ -295,6 +304,14 @@ async fn accept_loop(
             },
             () = stop.cancelled() => break,
         };
+        // A lowered limit is paid back with slots as they free up.
+        if debt
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| d.checked_sub(1))
+            .is_ok()
+        {
+            permit.forget();
+            continue;
+        }
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(pair) => pair,
