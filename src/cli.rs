@@ -160,6 +160,21 @@ pub fn check_summary(snap: &Snapshot) -> String {
     let keys: Vec<String> = c.hash.key.iter().map(ToString::to_string).collect();
     let _ = writeln!(out, "{}: valid", c.origin);
     let _ = writeln!(out, "listeners: {}", listeners.join(", "));
+    for l in &c.listeners {
+        let Some(tls) = &l.tls else { continue };
+        for (i, cert) in tls.certificates.iter().enumerate() {
+            let expiry = humantime::format_rfc3339_seconds(cert.not_after);
+            let _ = writeln!(
+                out,
+                "  tls {} cert {}{}: {} (expires {expiry}{})",
+                l.bind,
+                cert.cert.display(),
+                if i == 0 { ", default" } else { "" },
+                cert.names.join(", "),
+                if cert.expired() { ", EXPIRED" } else { "" }
+            );
+        }
+    }
     let _ = writeln!(
         out,
         "hash: key {}, {} vnodes, {} points, ring fingerprint {:016x}",

@@ -41,4 +41,5 @@ pub mod ring;
 pub mod server;
 pub mod shutdown;
 pub mod snapshot;
+pub mod tls;
 pub mod upstream;

@@ -78,11 +78,13 @@ pub struct OutlierDetection {
     pub ejection_time: Duration,
 }
 
-/// A plain HTTP listener (HTTP/1.1 and h2c).
+/// A listener: plain HTTP (HTTP/1.1 and h2c), or TLS with ALPN h2 and http/1.1.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
     /// The socket address to bind.
     pub bind: SocketAddr,
+    /// Certificates read at load, when the listener terminates TLS.
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 /// The `hash` block.

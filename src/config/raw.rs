@@ -112,6 +112,27 @@ impl Default for RawOutlierDetection {
 pub struct RawListener {
     /// Address and port to listen on.
     pub bind: BindAddr,
+    /// Terminate TLS on this listener.
+    #[serde(default)]
+    pub tls: Option<RawTls>,
+}
+
+/// A listener's `tls` block.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// Certificate chains and keys; SNI picks among them, the first is the default.
+    pub certificates: Vec<RawCertificate>,
+}
+
+/// One `certificates[]` entry: PEM files, relative to the config file's folder.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    /// The certificate chain, leaf first.
+    pub cert: String,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
 }
 
 /// The `hash` block.

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -51,6 +52,65 @@ pub(crate) fn validate(
             &[Seg::Key("backends")],
             "expected at least one backend".into(),
         );
+    }
+
+    // Certificates are read now, so a reload with a bad one fails before any change.
+    let base = match Path::new(origin).parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut tls: Vec<Option<Arc<crate::tls::Tls>>> = Vec::with_capacity(raw.listeners.len());
+    for (i, l) in raw.listeners.iter().enumerate() {
+        let Some(raw_tls) = &l.tls else {
+            tls.push(None);
+            continue;
+        };
+        if raw_tls.certificates.is_empty() {
+            fail(
+                &[
+                    Seg::Key("listeners"),
+                    Seg::Index(i),
+                    Seg::Key("tls"),
+                    Seg::Key("certificates"),
+                ],
+                "expected at least one certificate".into(),
+            );
+        }
+        let mut loaded = Vec::new();
+        for (j, c) in raw_tls.certificates.iter().enumerate() {
+            match crate::tls::load_certificate(&base.join(&c.cert), &base.join(&c.key)) {
+                Ok(cert) => {
+                    if cert.expired() {
+                        tracing::warn!(
+                            cert = %cert.cert.display(),
+                            "listeners[{i}].tls.certificates[{j}]: the certificate has expired; loading it anyway"
+                        );
+                    }
+                    loaded.push(cert);
+                }
+                Err(e) => fail(
+                    &[
+                        Seg::Key("listeners"),
+                        Seg::Index(i),
+                        Seg::Key("tls"),
+                        Seg::Key("certificates"),
+                        Seg::Index(j),
+                        Seg::Key("cert"),
+                    ],
+                    e,
+                ),
+            }
+        }
+        let built = (!loaded.is_empty() && loaded.len() == raw_tls.certificates.len())
+            .then(|| crate::tls::server_config(loaded))
+            .transpose();
+        match built {
+            Ok(t) => tls.push(t.map(Arc::new)),
+            Err(e) => {
+                fail(&[Seg::Key("listeners"), Seg::Index(i), Seg::Key("tls")], e);
+                tls.push(None);
+            }
+        }
     }
 
     let mut binds: Vec<SocketAddr> = Vec::with_capacity(raw.listeners.len());
@@ -147,7 +207,11 @@ pub(crate) fn validate(
     Ok(Config {
         origin: origin.to_owned(),
         source_hash: 0,
-        listeners: binds.into_iter().map(|bind| Listener { bind }).collect(),
+        listeners: binds
+            .into_iter()
+            .zip(tls)
+            .map(|(bind, tls)| Listener { bind, tls })
+            .collect(),
         hash: Hash {
             key: raw.hash.key.0,
             vnodes: raw.hash.vnodes.0,

@@ -29,9 +29,6 @@ use access::{Completion, RequestLine, Trace};
 use body::{ClientBody, ClientBodyError, ProxyBody, UpstreamBody};
 pub use error::ProxyError;
 
-/// `X-Forwarded-Proto` on plain listeners.
-const PROTO_HTTP: &str = "http";
-
 /// The client connection a request arrived on, shared by its requests.
 #[derive(Debug)]
 pub struct ConnContext {
@@ -45,6 +42,8 @@ pub struct ConnContext {
     pub slot: Arc<dyn std::any::Any + Send + Sync>,
     /// Where tunnels run, so the drain on stop waits for them too.
     pub tasks: TaskTracker,
+    /// `http` or `https`: the listener's scheme, for `X-Forwarded-Proto`.
+    pub proto: &'static str,
 }
 
 /// Serves one client request; never fails, errors become their status and a short text.
@@ -120,7 +119,7 @@ async fn forward(
             parts.headers.insert(header::HOST, h.clone());
         }
     }
-    headers::add_forwarded(&mut parts.headers, peer.ip(), PROTO_HTTP, host);
+    headers::add_forwarded(&mut parts.headers, peer.ip(), ctx.proto, host);
     parts.uri = origin_form(&parts.uri);
     parts.version = Version::HTTP_11;
     // A bodiless idempotent request can be sent again if its backend dies before

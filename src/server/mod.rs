@@ -198,6 +198,7 @@ impl Server {
         state.listeners.push((bind, token.clone()));
         self.accepts.spawn(accept_loop(
             listener,
+            bind,
             self.live.clone(),
             (self.limit.clone(), self.debt.clone()),
             token,
@@ -290,6 +291,7 @@ impl Server {
 
 async fn accept_loop(
     listener: TcpListener,
+    bind: SocketAddr,
     live: Arc<Live>,
     (limit, debt): (Arc<Semaphore>, Arc<AtomicUsize>),
     stop: CancellationToken,
@@ -326,6 +328,7 @@ async fn accept_loop(
         conns.spawn(connection(
             stream,
             peer,
+            bind,
             live.clone(),
             stop.clone(),
             permit,
@@ -336,9 +339,11 @@ async fn accept_loop(
     drop(listener);
 }
 
+#[allow(clippy::too_many_arguments)] // one per resource the connection holds
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
+    bind: SocketAddr,
     live: Arc<Live>,
     stop: CancellationToken,
     permit: OwnedSemaphorePermit,
@@ -351,6 +356,13 @@ async fn connection(
     let t = snap.config.timeouts;
     let max_header_bytes = snap.config.limits.max_header_bytes;
     let slot = Arc::new((permit, Open::new(snap.metrics.client_connections.clone())));
+    // The listener's TLS as of now: after a reload, new handshakes use new certificates.
+    let tls = snap
+        .config
+        .listeners
+        .iter()
+        .find(|l| l.bind == bind)
+        .and_then(|l| l.tls.clone());
     drop(snap);
 
     let activity = Arc::new(Activity::default());
@@ -363,14 +375,72 @@ async fn connection(
     builder
         .http2()
         .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
-
-    let io = TokioIo::new(Watched::new(stream, activity.clone()));
-    let ctx = Arc::new(ConnContext {
+    let watched = Watched::new(stream, activity.clone());
+    let ctx = |proto| ConnContext {
         live,
         peer,
         slot,
         tasks,
-    });
+        proto,
+    };
+    match tls {
+        None => {
+            serve_connection(
+                TokioIo::new(watched),
+                builder,
+                ctx("http"),
+                activity,
+                t,
+                stop,
+            )
+            .await
+        }
+        Some(tls) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
+            // The handshake counts against client_header, as a request head would.
+            let stream = match tokio::time::timeout(t.client_header, acceptor.accept(watched)).await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    debug!(client = %peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    debug!(client = %peer, "TLS handshake not done within client_header");
+                    return;
+                }
+            };
+            // The protocol ALPN settled on decides how the connection is served.
+            let builder = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                builder.http2_only()
+            } else {
+                builder.http1_only()
+            };
+            serve_connection(
+                TokioIo::new(stream),
+                builder,
+                ctx("https"),
+                activity,
+                t,
+                stop,
+            )
+            .await;
+        }
+    }
+}
+
+async fn serve_connection<I>(
+    io: I,
+    builder: auto::Builder<TokioExecutor>,
+    ctx: ConnContext,
+    activity: Arc<Activity>,
+    t: crate::config::Timeouts,
+    stop: CancellationToken,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let peer = ctx.peer;
+    let ctx = Arc::new(ctx);
     let counter = activity.clone();
     let service = service_fn(move |req| {
         counter.request_started();

@@ -1,0 +1,339 @@
+//! TLS termination on a real listener, with certificates made at test time by rcgen:
+//! SNI picks the certificate (exact, wildcard, default), ALPN decides h2 or HTTP/1.1,
+//! several h2 streams at once, WebSocket over TLS, X-Forwarded-Proto https, renewal by
+//! reload while an old connection stays up, and the load-time errors.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::tungstenite::Message;
+
+struct Ca {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+fn ca() -> Ca {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "ringlb test CA");
+    Ca {
+        cert: params.self_signed(&key).unwrap(),
+        key,
+    }
+}
+
+/// Writes a certificate for `names` signed by `ca` (and its key) into `dir`; returns
+/// (cert path, key path, DER).
+fn issue(
+    ca: &Ca,
+    dir: &Path,
+    file: &str,
+    names: &[&str],
+    expired: bool,
+) -> (PathBuf, PathBuf, CertificateDer<'static>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    if expired {
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    }
+    let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
+    let (c, k) = (
+        dir.join(format!("{file}.pem")),
+        dir.join(format!("{file}.key")),
+    );
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c, k, cert.der().clone())
+}
+
+fn folder(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ringlb-tls-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn tls_yaml(backend: &TestBackend, certs: &[(&Path, &Path)], extra: &str) -> String {
+    let mut y =
+        String::from("listeners:\n  - bind: \"127.0.0.1:0\"\n    tls:\n      certificates:\n");
+    for (c, k) in certs {
+        y.push_str(&format!(
+            "        - cert: \"{}\"\n          key: \"{}\"\n",
+            c.display(),
+            k.display()
+        ));
+    }
+    y.push_str(&format!(
+        "backends:\n  - name: {}\n    address: \"{}\"\n{extra}",
+        backend.name, backend.addr
+    ));
+    y
+}
+
+/// A TLS connection to the proxy trusting `ca`, with `sni` and `alpn`.
+async fn connect(proxy: &TestProxy, ca: &Ca, sni: &str, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert.der().clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from(sni.to_owned()).unwrap(), tcp)
+        .await
+        .expect("TLS handshake with the proxy")
+}
+
+fn peer_cert(s: &TlsStream<TcpStream>) -> CertificateDer<'static> {
+    s.get_ref().1.peer_certificates().unwrap()[0]
+        .clone()
+        .into_owned()
+}
+
+async fn h1_get(s: TlsStream<TcpStream>, path: &str, host: &str) -> Reply {
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(path)
+        .header("host", host)
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    reply(sender.send_request(req).await.unwrap()).await
+}
+
+#[tokio::test]
+async fn sni_picks_the_matching_certificate_and_falls_back_to_the_first() {
+    let ca = ca();
+    let dir = folder("sni");
+    let (c1, k1, default_der) = issue(&ca, &dir, "default", &["default.test"], false);
+    let (c2, k2, wild_der) = issue(&ca, &dir, "wild", &["*.shop.test", "shop.test"], false);
+    let a = TestBackend::spawn("a").await;
+    let proxy = TestProxy::spawn(&tls_yaml(&a, &[(&c1, &k1), (&c2, &k2)], "")).await;
+
+    assert_eq!(
+        peer_cert(&connect(&proxy, &ca, "shop.test", &[b"http/1.1"]).await),
+        wild_der
+    );
+    assert_eq!(
+        peer_cert(&connect(&proxy, &ca, "eu.shop.test", &[b"http/1.1"]).await),
+        wild_der
+    );
+    assert_eq!(
+        peer_cert(&connect(&proxy, &ca, "default.test", &[b"http/1.1"]).await),
+        default_der
+    );
+    // An unknown name gets the default certificate (which then fails the client's own
+    // name check, so ask for the default's name to complete the exchange).
+    let s = connect(&proxy, &ca, "default.test", &[b"http/1.1"]).await;
+    let r = h1_get(s, "/over-tls", "default.test").await;
+    assert_eq!(
+        (r.status.as_u16(), r.served_by.as_deref()),
+        (200, Some("a"))
+    );
+}
+
+#[tokio::test]
+async fn alpn_decides_the_protocol_and_h2_carries_concurrent_streams() {
+    let ca = ca();
+    let dir = folder("alpn");
+    let (c, k, _) = issue(&ca, &dir, "site", &["site.test"], false);
+    let a = TestBackend::spawn("a").await;
+    let proxy = TestProxy::spawn(&tls_yaml(&a, &[(&c, &k)], "")).await;
+
+    let s = connect(&proxy, &ca, "site.test", &[b"http/1.1"]).await;
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let r = h1_get(s, "/echo-headers", "site.test").await;
+    assert!(
+        r.body.contains("\nx-forwarded-proto: https\n"),
+        "{}",
+        r.body
+    );
+
+    let s = connect(&proxy, &ca, "site.test", &[b"h2", b"http/1.1"]).await;
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut streams = Vec::new();
+    for i in 0..20 {
+        let mut sender = sender.clone();
+        streams.push(tokio::spawn(async move {
+            let req = http::Request::get(format!("https://site.test/slow?ms=200&i={i}"))
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            let res = sender.send_request(req).await.unwrap();
+            (
+                res.status(),
+                res.into_body().collect().await.unwrap().to_bytes(),
+            )
+        }));
+    }
+    let started = std::time::Instant::now();
+    for s in streams {
+        let (status, body) = s.await.unwrap();
+        assert_eq!((status.as_u16(), &body[..]), (200, &b"a"[..]));
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "20 x 200 ms streams ran concurrently"
+    );
+}
+
+#[tokio::test]
+async fn a_websocket_runs_over_tls() {
+    let ca = ca();
+    let dir = folder("ws");
+    let (c, k, _) = issue(&ca, &dir, "site", &["site.test"], false);
+    let a = TestBackend::spawn("a").await;
+    let proxy = TestProxy::spawn(&tls_yaml(&a, &[(&c, &k)], "")).await;
+    let s = connect(&proxy, &ca, "site.test", &[b"http/1.1"]).await;
+    let (mut ws, res) = tokio_tungstenite::client_async("wss://site.test/ws", s)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 101);
+    ws.send(Message::Text("secure".into())).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::Text("a: secure".into())
+    );
+}
+
+#[tokio::test]
+async fn a_renewed_certificate_is_served_after_reload_while_an_old_connection_stays_up() {
+    let ca = ca();
+    let dir = folder("renew");
+    let (c, k, old_der) = issue(&ca, &dir, "site", &["site.test"], false);
+    let a = TestBackend::spawn("a").await;
+    let path = dir.join("lb.yaml");
+    std::fs::write(
+        &path,
+        tls_yaml(&a, &[(&c, &k)], "admin:\n  bind: \"127.0.0.1:0\"\n"),
+    )
+    .unwrap();
+    let proxy = TestProxy::spawn_file(&path).await;
+
+    let old = connect(&proxy, &ca, "site.test", &[b"http/1.1"]).await;
+    assert_eq!(peer_cert(&old), old_der);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(old))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+
+    // Renewal: new files in place (as certbot or cert-manager write them), then a reload.
+    let (_, _, new_der) = issue(&ca, &dir, "site", &["site.test"], false);
+    let admin = proxy.admin.unwrap();
+    let r = reply(
+        client()
+            .request(
+                http::Request::post(format!("http://{admin}/reload"))
+                    .body(Empty::new())
+                    .unwrap(),
+            )
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        peer_cert(&connect(&proxy, &ca, "site.test", &[b"http/1.1"]).await),
+        new_der
+    );
+
+    // The connection made before the renewal still works.
+    let req = http::Request::get("/still-up")
+        .header("host", "site.test")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    assert_eq!(sender.send_request(req).await.unwrap().status(), 200);
+
+    // A bad new certificate fails the reload and the renewed one keeps serving.
+    std::fs::write(&c, "not a certificate").unwrap();
+    let r = reply(
+        client()
+            .request(
+                http::Request::post(format!("http://{admin}/reload"))
+                    .body(Empty::new())
+                    .unwrap(),
+            )
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(
+        peer_cert(&connect(&proxy, &ca, "site.test", &[b"http/1.1"]).await),
+        new_der
+    );
+}
+
+#[tokio::test]
+async fn bad_certificates_are_load_errors_that_name_the_file() {
+    let ca = ca();
+    let dir = folder("errors");
+    let (c1, _, _) = issue(&ca, &dir, "one", &["one.test"], false);
+    let (_, k2, _) = issue(&ca, &dir, "two", &["two.test"], false);
+    let a = TestBackend::spawn("a").await;
+    let err = |yaml: String| {
+        ringlb::config::from_str(&yaml, "lb.yaml")
+            .unwrap_err()
+            .to_string()
+    };
+
+    let mismatched = err(tls_yaml(&a, &[(&c1, &k2)], ""));
+    assert!(
+        mismatched.starts_with("lb.yaml:5:17: listeners[0].tls.certificates[0].cert: ")
+            && mismatched.contains("the key does not match the certificate"),
+        "{mismatched}"
+    );
+    let missing = err(tls_yaml(&a, &[(&dir.join("nope.pem"), &k2)], ""));
+    assert!(
+        missing.contains("nope.pem: cannot read certificates"),
+        "{missing}"
+    );
+
+    // A certificate with no name at all is refused.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let nameless = rcgen::CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .signed_by(&key, &ca.cert, &ca.key)
+        .unwrap();
+    let (nc, nk) = (dir.join("nameless.pem"), dir.join("nameless.key"));
+    std::fs::write(&nc, nameless.pem()).unwrap();
+    std::fs::write(&nk, key.serialize_pem()).unwrap();
+    assert!(err(tls_yaml(&a, &[(&nc, &nk)], "")).contains("has no DNS name or IP address"));
+
+    // An expired certificate loads (with a warning), and check says so.
+    let (ec, ek, _) = issue(&ca, &dir, "old", &["old.test"], true);
+    let config = ringlb::config::from_str(&tls_yaml(&a, &[(&ec, &ek)], ""), "lb.yaml").unwrap();
+    let snap = ringlb::snapshot::Snapshot::build(config, None).unwrap();
+    let summary = ringlb::cli::check_summary(&snap);
+    assert!(
+        summary.contains("old.test (expires 2021-01-01T00:00:00Z, EXPIRED)"),
+        "{summary}"
+    );
+}
