@@ -87,6 +87,7 @@ fn lookup_with_down(c: &mut Criterion) {
                 BackendState::new(
                     n.as_str().into(),
                     Address::parse("127.0.0.1:1").expect("static address"),
+                    None,
                     metrics.backend(n),
                 )
             })

@@ -22,6 +22,8 @@ pub struct BackendState {
     pub name: Arc<str>,
     /// Where its connections go.
     pub address: Address,
+    /// TLS towards it, when configured.
+    pub tls: Option<Arc<crate::tls::BackendTls>>,
     /// Idle keep-alive connections to it.
     pub pool: Arc<Pool>,
     /// Active checks have taken it out of the ring.
@@ -58,10 +60,16 @@ pub struct Ejection {
 
 impl BackendState {
     /// A healthy backend with an empty pool, recording into `metrics`.
-    pub fn new(name: Arc<str>, address: Address, metrics: BackendMetrics) -> Arc<Self> {
+    pub fn new(
+        name: Arc<str>,
+        address: Address,
+        tls: Option<Arc<crate::tls::BackendTls>>,
+        metrics: BackendMetrics,
+    ) -> Arc<Self> {
         Arc::new(BackendState {
             name,
             address,
+            tls,
             pool: Arc::default(),
             down: AtomicBool::new(false),
             ejected_until: AtomicU64::new(0),
@@ -247,6 +255,7 @@ mod tests {
         BackendState::new(
             "a".into(),
             Address::parse("127.0.0.1:1").unwrap(),
+            None,
             crate::metrics::Metrics::new().backend("a"),
         )
     }

@@ -50,12 +50,14 @@ impl Snapshot {
             .iter()
             .map(|b| {
                 kept.get(&*b.name)
-                    .filter(|s| s.address == b.address)
+                    // Pooled connections are only reusable when address and TLS both stay.
+                    .filter(|s| s.address == b.address && s.tls == b.tls)
                     .map(|s| Arc::clone(s))
                     .unwrap_or_else(|| {
                         BackendState::new(
                             b.name.clone(),
                             b.address.clone(),
+                            b.tls.clone(),
                             metrics.backend(&b.name),
                         )
                     })

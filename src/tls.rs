@@ -196,10 +196,7 @@ impl SniResolver {
     fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
         if let Some(sni) = sni {
             let sni = sni.to_ascii_lowercase();
-            let exact = self
-                .by_name
-                .iter()
-                .find(|(names, _)| names.contains(&sni));
+            let exact = self.by_name.iter().find(|(names, _)| names.contains(&sni));
             let wildcard = || {
                 let parent = sni.split_once('.').map(|(_, rest)| rest)?;
                 self.by_name
@@ -267,5 +264,158 @@ mod tests {
         );
         assert!(Arc::ptr_eq(&pick(Some("unknown.test")), &a));
         assert!(Arc::ptr_eq(&pick(None), &a));
+    }
+}
+
+/// TLS towards one backend: a client config and the name its certificate must carry.
+#[derive(Clone)]
+pub struct BackendTls {
+    /// The PEM bundle trusted instead of the webpki roots, when set.
+    pub ca: Option<PathBuf>,
+    /// Sent as SNI and checked against the certificate.
+    pub server_name: rustls_pki_types::ServerName<'static>,
+    /// Certificates are not checked at all (testing only).
+    pub insecure_skip_verify: bool,
+    /// What each connection is made with (ALPN http/1.1: backends speak HTTP/1.1).
+    pub client: Arc<rustls::ClientConfig>,
+    fingerprint: u64,
+}
+
+impl fmt::Debug for BackendTls {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.debug_struct("BackendTls")
+            .field("ca", &self.ca)
+            .field("server_name", &self.server_name)
+            .field("insecure_skip_verify", &self.insecure_skip_verify)
+            .finish()
+    }
+}
+
+impl PartialEq for BackendTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.fingerprint == other.fingerprint
+            && self.server_name == other.server_name
+            && self.insecure_skip_verify == other.insecure_skip_verify
+    }
+}
+
+impl Eq for BackendTls {}
+
+/// Builds the client side for a backend: `ca` replaces the webpki roots when given.
+///
+/// # Errors
+/// An unreadable or empty CA bundle, or a server name that is not a DNS name or IP.
+pub fn backend(
+    ca: Option<&Path>,
+    server_name: &str,
+    insecure_skip_verify: bool,
+) -> Result<BackendTls, String> {
+    let server_name = rustls_pki_types::ServerName::try_from(server_name.to_owned())
+        .map_err(|_| format!("{server_name:?} is not a DNS name or IP address"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    let mut digest = xxhash_rust::xxh3::Xxh3::new();
+    match ca {
+        Some(path) => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("{}: cannot read the CA bundle: {e}", path.display()))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("{}: not a PEM certificate bundle: {e}", path.display()))?;
+            for c in &certs {
+                digest.update(c.as_ref());
+            }
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(format!(
+                    "{}: no usable CA certificate in the bundle",
+                    path.display()
+                ));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?;
+    let mut client = if insecure_skip_verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+            .with_no_client_auth()
+    } else {
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    client.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(BackendTls {
+        ca: ca.map(Path::to_path_buf),
+        server_name,
+        insecure_skip_verify,
+        client: Arc::new(client),
+        fingerprint: digest.digest(),
+    })
+}
+
+/// Opens TLS over `stream` to `tls`'s backend.
+///
+/// # Errors
+/// The handshake or certificate check failed.
+pub async fn connect<S>(
+    tls: &BackendTls,
+    stream: S,
+) -> std::io::Result<tokio_rustls::client::TlsStream<S>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    tokio_rustls::TlsConnector::from(tls.client.clone())
+        .connect(tls.server_name.clone(), stream)
+        .await
+}
+
+/// `insecure_skip_verify: true`: accepts any certificate, still checks signatures.
+#[derive(Debug)]
+struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }

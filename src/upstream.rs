@@ -13,6 +13,7 @@ use tracing::debug;
 
 use crate::config::Address;
 use crate::proxy::body::ClientBody;
+use crate::tls::BackendTls;
 
 /// Idle connections kept per backend; more are closed when returned. Enough for a
 /// busy proxy's concurrency to one backend without holding sockets forever.
@@ -62,6 +63,7 @@ impl Pool {
     pub async fn checkout(
         &self,
         address: &Address,
+        tls: Option<&BackendTls>,
         timeout: Duration,
     ) -> Result<(Sender, bool), ConnectError> {
         // Only ready connections enter the pool; one the backend has closed since is dropped.
@@ -70,7 +72,7 @@ impl Pool {
                 return Ok((sender, true));
             }
         }
-        let sender = tokio::time::timeout(timeout, connect(address))
+        let sender = tokio::time::timeout(timeout, connect(address, tls))
             .await
             .map_err(|_| ConnectError::Timeout {
                 address: address.to_string(),
@@ -112,7 +114,11 @@ impl Pool {
     }
 }
 
-async fn connect(address: &Address) -> io::Result<Sender> {
+/// A TCP connection to `address`, trying each resolved address of a DNS name.
+///
+/// # Errors
+/// The last connect error, or a resolution failure.
+pub async fn tcp(address: &Address) -> io::Result<TcpStream> {
     let stream = match address.ip() {
         Some(sa) => TcpStream::connect(sa).await?,
         None => {
@@ -120,11 +126,28 @@ async fn connect(address: &Address) -> io::Result<Sender> {
         }
     };
     stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+async fn connect(address: &Address, tls: Option<&BackendTls>) -> io::Result<Sender> {
+    let stream = tcp(address).await?;
+    let peer = address.to_string();
+    // The connection task is the same either way; only the stream under it differs.
+    match tls {
+        None => handshake(stream, peer).await,
+        Some(tls) => handshake(crate::tls::connect(tls, stream).await?, peer).await,
+    }
+}
+
+/// HTTP/1.1 over `io`, its connection driven by a task of its own.
+async fn handshake<I>(io: I, peer: String) -> io::Result<Sender>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (sender, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
+        .handshake(TokioIo::new(io))
         .await
         .map_err(io::Error::other)?;
-    let peer = address.to_string();
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             debug!(backend = %peer, error = %e, "upstream connection ended");

@@ -337,3 +337,133 @@ async fn bad_certificates_are_load_errors_that_name_the_file() {
         "{summary}"
     );
 }
+
+/// A backend that speaks only TLS, with a certificate for `name` signed by `ca`; it
+/// answers every request (and /healthz) with `tls-backend`.
+async fn tls_backend(ca: &Ca, dir: &Path, name: &str) -> std::net::SocketAddr {
+    let (c, k, _) = issue(ca, dir, "backend", &[name], false);
+    let cert = ringlb::tls::load_certificate(&c, &k).unwrap();
+    let tls = ringlb::tls::server_config(vec![cert]).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(s) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(Bytes::from_static(b"tls-backend")),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn backend_tls_yaml(addr: std::net::SocketAddr, tls: &str, extra: &str) -> String {
+    format!("listeners:\n  - bind: \"127.0.0.1:0\"\nbackends:\n  - name: secure\n    address: \"{addr}\"\n    tls:\n{tls}{extra}")
+}
+
+#[tokio::test]
+async fn tls_to_a_backend_is_verified_against_the_given_ca_and_name() {
+    let ca = ca();
+    let dir = folder("upstream");
+    let ca_path = dir.join("ca.pem");
+    std::fs::write(&ca_path, ca.cert.pem()).unwrap();
+    let addr = tls_backend(&ca, &dir, "backend.test").await;
+
+    let good = format!(
+        "      ca: \"{}\"\n      server_name: backend.test\n",
+        ca_path.display()
+    );
+    let proxy = TestProxy::spawn(&backend_tls_yaml(addr, &good, "")).await;
+    let r = proxy.get("/over-tls").await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "tls-backend"));
+
+    // The certificate is for backend.test: another name is refused, so no backend answers.
+    let wrong = format!(
+        "      ca: \"{}\"\n      server_name: other.test\n",
+        ca_path.display()
+    );
+    let proxy = TestProxy::spawn(&backend_tls_yaml(addr, &wrong, "retries: 0\n")).await;
+    assert_eq!(proxy.get("/wrong-name").await.status, 502);
+
+    // Without the test CA the default (webpki) roots do not trust it either.
+    let untrusted = "      server_name: backend.test\n".to_owned();
+    let proxy = TestProxy::spawn(&backend_tls_yaml(addr, &untrusted, "retries: 0\n")).await;
+    assert_eq!(proxy.get("/untrusted").await.status, 502);
+
+    // insecure_skip_verify accepts it anyway (for tests only).
+    let insecure = "      server_name: other.test\n      insecure_skip_verify: true\n".to_owned();
+    let proxy = TestProxy::spawn(&backend_tls_yaml(addr, &insecure, "")).await;
+    assert_eq!(proxy.get("/insecure").await.body, "tls-backend");
+}
+
+#[tokio::test]
+async fn health_checks_use_the_backends_tls() {
+    let ca = ca();
+    let dir = folder("upstream-health");
+    let ca_path = dir.join("ca.pem");
+    std::fs::write(&ca_path, ca.cert.pem()).unwrap();
+    let addr = tls_backend(&ca, &dir, "backend.test").await;
+    let checks = "health_check:\n  interval: 100ms\n  timeout: 500ms\n  unhealthy_threshold: 1\n";
+    let good = format!(
+        "      ca: \"{}\"\n      server_name: backend.test\n",
+        ca_path.display()
+    );
+    let proxy = TestProxy::spawn(&backend_tls_yaml(addr, &good, checks)).await;
+    let wrong = format!(
+        "      ca: \"{}\"\n      server_name: other.test\n",
+        ca_path.display()
+    );
+    let refused = TestProxy::spawn(&backend_tls_yaml(addr, &wrong, checks)).await;
+    wait_until(
+        std::time::Duration::from_secs(10),
+        "the wrongly named backend to fail its checks",
+        || async { refused.live.load().backends[0].is_down() },
+    )
+    .await;
+    // By then the good one has been checked several times over TLS and stayed up.
+    assert!(!proxy.live.load().backends[0].is_down());
+    assert_eq!(proxy.get("/checked").await.body, "tls-backend");
+}
+
+#[tokio::test]
+async fn a_handshake_not_finished_within_client_header_is_dropped() {
+    let ca = ca();
+    let dir = folder("slow-handshake");
+    let (c, k, _) = issue(&ca, &dir, "site", &["site.test"], false);
+    let a = TestBackend::spawn("a").await;
+    let proxy = TestProxy::spawn(&tls_yaml(
+        &a,
+        &[(&c, &k)],
+        "timeouts:\n  client_header: 300ms\n",
+    ))
+    .await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    // The first bytes of a ClientHello record, then silence.
+    s.write_all(&[0x16, 0x03, 0x01, 0x00, 0xf0, 0x01])
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "still open after 5 s: {closed:?}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "dropped after {:?}",
+        started.elapsed()
+    );
+}

@@ -105,6 +105,8 @@ pub struct Backend {
     pub address: Address,
     /// 0..=1000; 0 owns no keys.
     pub weight: u32,
+    /// TLS towards the backend, when configured.
+    pub tls: Option<Arc<crate::tls::BackendTls>>,
 }
 
 /// The `timeouts` block.

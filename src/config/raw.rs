@@ -168,6 +168,25 @@ pub struct RawBackend {
     /// Relative share of keys; 0 drains.
     #[serde(default = "default_weight")]
     pub weight: Weight,
+    /// Speak TLS to this backend.
+    #[serde(default)]
+    pub tls: Option<RawBackendTls>,
+}
+
+/// A backend's `tls` block.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackendTls {
+    /// PEM bundle of trusted CAs, relative to the config file's folder; default: the
+    /// webpki (Mozilla) roots.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// SNI and the name checked in the certificate; default: the address's host.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Accept any certificate. For tests only.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
 }
 
 /// The `timeouts` block.

@@ -153,10 +153,28 @@ pub(crate) fn validate(
         } else {
             names.insert(name.clone(), i);
         }
+        let tls = match &b.tls {
+            None => None,
+            Some(t) => {
+                let server_name = t
+                    .server_name
+                    .clone()
+                    .unwrap_or_else(|| b.address.host().to_owned());
+                let ca = t.ca.as_ref().map(|c| base.join(c));
+                match crate::tls::backend(ca.as_deref(), &server_name, t.insecure_skip_verify) {
+                    Ok(t) => Some(Arc::new(t)),
+                    Err(e) => {
+                        fail(&[Seg::Key("backends"), Seg::Index(i), Seg::Key("tls")], e);
+                        None
+                    }
+                }
+            }
+        };
         backends.push(Backend {
             name: Arc::from(name),
             address: b.address,
             weight: b.weight.0,
+            tls,
         });
     }
 

@@ -9,7 +9,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::{header, Request, StatusCode};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -114,6 +113,9 @@ pub enum ProbeError {
     /// No connection could be made.
     #[error("connect failed: {0}")]
     Connect(#[source] std::io::Error),
+    /// The TLS handshake or certificate check failed.
+    #[error("TLS failed: {0}")]
+    Tls(#[source] std::io::Error),
     /// The exchange failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -140,16 +142,33 @@ pub async fn probe(backend: &BackendState, check: &HealthCheck) -> Result<(), Pr
 }
 
 async fn exchange(backend: &BackendState, check: &HealthCheck) -> Result<StatusCode, ProbeError> {
-    let addr = &backend.address;
-    let stream = match addr.ip() {
-        Some(sa) => TcpStream::connect(sa).await,
-        None => TcpStream::connect((addr.host(), addr.port())).await,
+    let stream = crate::upstream::tcp(&backend.address)
+        .await
+        .map_err(ProbeError::Connect)?;
+    // Checks speak TLS when requests do, with the same trust settings.
+    match &backend.tls {
+        None => get(stream, backend, check).await,
+        Some(tls) => {
+            let stream = crate::tls::connect(tls, stream)
+                .await
+                .map_err(ProbeError::Tls)?;
+            get(stream, backend, check).await
+        }
     }
-    .map_err(ProbeError::Connect)?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+}
+
+async fn get<I>(
+    io: I,
+    backend: &BackendState,
+    check: &HealthCheck,
+) -> Result<StatusCode, ProbeError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
     let driver = tokio::spawn(conn);
     let req = Request::get(check.path.as_str())
-        .header(header::HOST, addr.to_string())
+        .header(header::HOST, backend.address.to_string())
         .header(header::USER_AGENT, "ringlb-health-check")
         .header(header::CONNECTION, "close")
         .body(Empty::<bytes::Bytes>::new())

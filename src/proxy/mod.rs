@@ -265,7 +265,11 @@ async fn send(
     t: &crate::config::Timeouts,
 ) -> Attempt {
     loop {
-        let (mut sender, reused) = match backend.pool.checkout(&backend.address, t.connect).await {
+        let (mut sender, reused) = match backend
+            .pool
+            .checkout(&backend.address, backend.tls.as_deref(), t.connect)
+            .await
+        {
             Ok(c) => c,
             Err(e) => return Attempt::Unsent(req, e),
         };
