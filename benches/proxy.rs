@@ -12,6 +12,7 @@ use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -75,7 +76,7 @@ async fn bench(per_case: Duration) {
     }
     let mut proxies = Vec::new();
     for log in [false, true] {
-        proxies.push(Proxy::start(&backends, log));
+        proxies.push(Proxy::start(&backends, log, None));
     }
     println!("ringlb end-to-end bench: {per_case:?} per case, {ROUNDS} interleaved rounds, {PATHS} distinct paths\n");
     println!("| connections | target | req/s | p50 | p99 | proxy CPU per request | errors |");
@@ -103,6 +104,7 @@ async fn bench(per_case: Duration) {
             }
         }
     }
+    tls_cases(&backends, &proxies[0], per_case).await;
     for mut p in proxies {
         let _ = p.child.kill();
         let _ = p.child.wait();
@@ -141,11 +143,28 @@ struct Proxy {
 }
 
 impl Proxy {
-    fn start(backends: &[SocketAddr], access_log: bool) -> Proxy {
-        let dir =
-            std::env::temp_dir().join(format!("ringlb-bench-{}-{access_log}", std::process::id()));
+    fn start(
+        backends: &[SocketAddr],
+        access_log: bool,
+        tls: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Proxy {
+        let dir = std::env::temp_dir().join(format!(
+            "ringlb-bench-{}-{access_log}-{}",
+            std::process::id(),
+            tls.is_some()
+        ));
         std::fs::create_dir_all(&dir).expect("a temp dir");
-        let mut yaml = format!("listeners:\n  - bind: \"127.0.0.1:0\"\nworkers: 1\naccess_log: {access_log}\nbackends:\n");
+        let listener = match tls {
+            None => String::new(),
+            Some((c, k)) => format!(
+                "    tls:\n      certificates:\n        - cert: \"{}\"\n          key: \"{}\"\n",
+                c.display(),
+                k.display()
+            ),
+        };
+        let mut yaml = format!(
+            "listeners:\n  - bind: \"127.0.0.1:0\"\n{listener}workers: 1\naccess_log: {access_log}\nbackends:\n"
+        );
         for (i, b) in backends.iter().enumerate() {
             yaml.push_str(&format!("  - name: app-{}\n    address: \"{b}\"\n", i + 1));
         }
@@ -288,4 +307,165 @@ async fn run_clients(
         out.push(t.await.unwrap_or_default());
     }
     out
+}
+
+/// TLS next to plain HTTP, through the same proxy build: keep-alive requests/s over
+/// TLS, and handshakes/s (a new connection for every request), each measured at 64
+/// connections alongside the same client over plain TCP.
+async fn tls_cases(backends: &[SocketAddr], plain: &Proxy, per_case: Duration) {
+    let dir = std::env::temp_dir().join(format!("ringlb-bench-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let cert = rcgen::CertificateParams::new(vec!["bench.test".to_owned()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("a certificate");
+    let (c, k) = (dir.join("bench.pem"), dir.join("bench.key"));
+    std::fs::write(&c, cert.pem()).expect("write cert");
+    std::fs::write(&k, key.serialize_pem()).expect("write key");
+    let mut tls_proxy = Proxy::start(backends, false, Some((&c, &k)));
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).expect("a root");
+    let mut client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    client.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tls = Arc::new(client);
+
+    println!("\n| connections | target | req/s | p50 | p99 | proxy CPU per request | errors |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for round in 0..ROUNDS {
+        for (label, target, use_tls, reconnect) in [
+            ("plain, keep-alive", plain, false, false),
+            ("TLS, keep-alive", &tls_proxy, true, false),
+            ("plain, new connection per request", plain, false, true),
+            ("TLS, new handshake per request", &tls_proxy, true, true),
+        ] {
+            let cpu_before = cpu_time(target.child.id());
+            let started = Instant::now();
+            let tls = use_tls.then(|| tls.clone());
+            let results = conn_clients(target.addr, tls, 64, started + per_case, reconnect).await;
+            let secs = started.elapsed().as_secs_f64();
+            let cpu_after = cpu_time(target.child.id());
+            let mut latencies: Vec<u32> = Vec::new();
+            let mut errors = 0;
+            for (l, e) in results {
+                latencies.extend(l);
+                errors += e;
+            }
+            latencies.sort_unstable();
+            let pick = |q: f64| {
+                latencies
+                    .get(
+                        ((latencies.len() as f64 * q) as usize)
+                            .min(latencies.len().saturating_sub(1)),
+                    )
+                    .copied()
+                    .unwrap_or(0)
+            };
+            let n = latencies.len() as f64;
+            let cpu = match (cpu_before, cpu_after) {
+                (Some(b), Some(a)) if n > 0.0 => {
+                    format!("{:.1} µs", (a - b).as_secs_f64() * 1e6 / n)
+                }
+                _ => "-".to_owned(),
+            };
+            println!(
+                "| 64 | {label} (round {}) | {:.0} | {} µs | {} µs | {cpu} | {errors} |",
+                round + 1,
+                n / secs,
+                pick(0.5),
+                pick(0.99)
+            );
+        }
+    }
+    let _ = tls_proxy.child.kill();
+    let _ = tls_proxy.child.wait();
+}
+
+/// `connections` clients on their own HTTP/1.1 connections (TLS when `tls` is set),
+/// one request at a time until `until`; with `reconnect`, a new connection per request.
+async fn conn_clients(
+    addr: SocketAddr,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    connections: usize,
+    until: Instant,
+    reconnect: bool,
+) -> Vec<(Vec<u32>, u64)> {
+    let mut tasks = Vec::with_capacity(connections);
+    for c in 0..connections {
+        let tls = tls.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(100_000);
+            let mut errors = 0u64;
+            let mut sender = None;
+            let mut n = c as u64 * 7919;
+            while Instant::now() < until {
+                n = n.wrapping_add(1);
+                let t = Instant::now();
+                if sender.is_none() || reconnect {
+                    sender = open(addr, tls.clone()).await;
+                }
+                let Some(s) = sender.as_mut() else {
+                    errors += 1;
+                    continue;
+                };
+                let req =
+                    hyper::Request::get(format!("/k/{}", n.wrapping_mul(2_654_435_761) % PATHS))
+                        .header("host", "bench.test")
+                        .body(Empty::<Bytes>::new())
+                        .expect("a valid request");
+                let ok = match s.send_request(req).await {
+                    Ok(res) => res.into_body().collect().await.is_ok(),
+                    Err(_) => false,
+                };
+                if ok {
+                    latencies.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+                } else {
+                    errors += 1;
+                    sender = None;
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut out = Vec::with_capacity(connections);
+    for t in tasks {
+        out.push(t.await.unwrap_or_default());
+    }
+    out
+}
+
+async fn open(
+    addr: SocketAddr,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Option<hyper::client::conn::http1::SendRequest<Empty<Bytes>>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let _ = tcp.set_nodelay(true);
+    let sender = match tls {
+        None => {
+            let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                .await
+                .ok()?;
+            tokio::spawn(conn);
+            s
+        }
+        Some(config) => {
+            let name = rustls_pki_types::ServerName::try_from("bench.test").ok()?;
+            let stream = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .ok()?;
+            let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .ok()?;
+            tokio::spawn(conn);
+            s
+        }
+    };
+    Some(sender)
 }
