@@ -79,47 +79,67 @@ impl PartialEq for Tls {
 
 impl Eq for Tls {}
 
-/// Reads one certificate chain and its key; `Err` is a sentence naming the file.
+/// Which file of a certificate entry a load error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    /// The certificate chain (`cert`).
+    Cert,
+    /// The private key (`key`), including a key that does not match.
+    Key,
+}
+
+/// Reads one certificate chain and its key; `Err` is the file at fault and a
+/// sentence naming it.
 ///
 /// # Errors
 /// Unreadable or empty files, a key that does not match the certificate, a
 /// certificate rustls or X.509 parsing rejects, or one without any name.
-pub fn load_certificate(cert: &Path, key: &Path) -> Result<Certificate, String> {
+pub fn load_certificate(cert: &Path, key: &Path) -> Result<Certificate, (Field, String)> {
+    let on_cert = |m: String| (Field::Cert, m);
+    let on_key = |m: String| (Field::Key, m);
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("{}: cannot read certificates: {e}", cert.display()))?
+        .map_err(|e| on_cert(format!("{}: cannot read certificates: {e}", cert.display())))?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: not a PEM certificate chain: {e}", cert.display()))?;
+        .map_err(|e| {
+            on_cert(format!(
+                "{}: not a PEM certificate chain: {e}",
+                cert.display()
+            ))
+        })?;
     let Some(leaf) = chain.first() else {
-        return Err(format!("{}: no certificate in the file", cert.display()));
+        return Err(on_cert(format!(
+            "{}: no certificate in the file",
+            cert.display()
+        )));
     };
     let private = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-        format!(
+        on_key(format!(
             "{}: cannot read a private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}",
             key.display()
-        )
+        ))
     })?;
-    let (names, not_after) = describe(leaf).map_err(|e| format!("{}: {e}", cert.display()))?;
+    let (names, not_after) =
+        describe(leaf).map_err(|e| on_cert(format!("{}: {e}", cert.display())))?;
     if names.is_empty() {
-        return Err(format!(
+        return Err(on_cert(format!(
             "{}: the certificate has no DNS name or IP address (subjectAltName)",
             cert.display()
-        ));
+        )));
     }
+    // The chain identifies the certificate (a key cannot change without it); no key
+    // material goes into the digest.
     let mut digest = xxhash_rust::xxh3::Xxh3::new();
     for c in &chain {
         digest.update(c.as_ref());
     }
-    digest.update(private.secret_der());
     let provider = rustls::crypto::ring::default_provider();
     let key_pair = CertifiedKey::from_der(chain, private, &provider).map_err(|e| match e {
-        rustls::Error::InconsistentKeys(_) => {
-            format!(
-                "{}: the key does not match the certificate {}",
-                key.display(),
-                cert.display()
-            )
-        }
-        e => format!("{}: unusable key: {e}", key.display()),
+        rustls::Error::InconsistentKeys(_) => on_key(format!(
+            "{}: the key does not match the certificate {}",
+            key.display(),
+            cert.display()
+        )),
+        e => on_key(format!("{}: unusable key: {e}", key.display())),
     })?;
     Ok(Certificate {
         cert: cert.to_path_buf(),
@@ -137,7 +157,10 @@ fn describe(leaf: &CertificateDer<'_>) -> Result<(Vec<String>, SystemTime), Stri
     let (_, cert) = X509Certificate::from_der(leaf.as_ref())
         .map_err(|e| format!("not a valid X.509 certificate: {e}"))?;
     let mut names = Vec::new();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| format!("cannot read the subjectAltName extension: {e}"))?;
+    if let Some(san) = san {
         for name in &san.value.general_names {
             match name {
                 GeneralName::DNSName(d) => names.push(d.to_ascii_lowercase()),
@@ -324,12 +347,15 @@ pub fn backend(
             for c in &certs {
                 digest.update(c.as_ref());
             }
-            let (added, _) = roots.add_parsable_certificates(certs);
+            let (added, skipped) = roots.add_parsable_certificates(certs);
             if added == 0 {
                 return Err(format!(
                     "{}: no usable CA certificate in the bundle",
                     path.display()
                 ));
+            }
+            if skipped > 0 {
+                tracing::warn!(ca = %path.display(), skipped, "CA certificates that could not be used were left out");
             }
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),

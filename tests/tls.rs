@@ -285,6 +285,12 @@ async fn a_renewed_certificate_is_served_after_reload_while_an_old_connection_st
     )
     .await;
     assert_eq!(r.status, 422, "{}", r.body);
+    assert!(
+        r.body.contains("site.pem: not a PEM certificate chain")
+            || r.body.contains("site.pem: no certificate"),
+        "{}",
+        r.body
+    );
     assert_eq!(
         peer_cert(&connect(&proxy, &ca, "site.test", &[b"http/1.1"]).await),
         new_der
@@ -306,7 +312,7 @@ async fn bad_certificates_are_load_errors_that_name_the_file() {
 
     let mismatched = err(tls_yaml(&a, &[(&c1, &k2)], ""));
     assert!(
-        mismatched.starts_with("lb.yaml:5:17: listeners[0].tls.certificates[0].cert: ")
+        mismatched.starts_with("lb.yaml:6:16: listeners[0].tls.certificates[0].key: ")
             && mismatched.contains("the key does not match the certificate"),
         "{mismatched}"
     );
@@ -466,4 +472,55 @@ async fn a_handshake_not_finished_within_client_header_is_dropped() {
         "dropped after {:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn an_unknown_name_or_no_sni_gets_the_first_certificate() {
+    let ca = ca();
+    let dir = folder("default");
+    let (c1, k1, default_der) = issue(&ca, &dir, "default", &["default.test"], false);
+    let (c2, k2, _) = issue(&ca, &dir, "other", &["other.test"], false);
+    let a = TestBackend::spawn("a").await;
+    let proxy = TestProxy::spawn(&tls_yaml(&a, &[(&c1, &k1), (&c2, &k2)], "")).await;
+    // A client that records what it is sent without checking names.
+    let any = ringlb::tls::backend(None, "unknown.test", true).unwrap();
+    let with_sni = tokio_rustls::TlsConnector::from(any.client.clone());
+    let mut no_sni_config = (*any.client).clone();
+    no_sni_config.enable_sni = false;
+    let without_sni = tokio_rustls::TlsConnector::from(Arc::new(no_sni_config));
+    for (what, connector) in [("an unknown name", with_sni), ("no SNI", without_sni)] {
+        let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+        let s = connector
+            .connect(ServerName::try_from("unknown.test").unwrap(), tcp)
+            .await
+            .unwrap();
+        assert_eq!(peer_cert(&s), default_der, "{what}");
+    }
+}
+
+#[tokio::test]
+async fn alpn_http11_is_served_as_http11_even_if_the_client_then_speaks_h2() {
+    let ca = ca();
+    let dir = folder("alpn-strict");
+    let (c, k, _) = issue(&ca, &dir, "site", &["site.test"], false);
+    let a = TestBackend::spawn("a").await;
+    let proxy = TestProxy::spawn(&tls_yaml(&a, &[(&c, &k)], "")).await;
+    let s = connect(&proxy, &ca, "site.test", &[b"http/1.1"]).await;
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    // Ignoring what was agreed: an HTTP/2 preface on an http/1.1 connection must fail.
+    let outcome = async {
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s)).await?;
+        tokio::spawn(conn);
+        let req = http::Request::get("https://site.test/")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        sender.send_request(req).await
+    };
+    let result = tokio::time::timeout(std::time::Duration::from_secs(5), outcome).await;
+    assert!(
+        matches!(result, Ok(Err(_))),
+        "h2 was served on an http/1.1 connection: {result:?}"
+    );
+    assert_eq!(a.hits(), 0);
 }

@@ -88,14 +88,17 @@ pub(crate) fn validate(
                     }
                     loaded.push(cert);
                 }
-                Err(e) => fail(
+                Err((field, e)) => fail(
                     &[
                         Seg::Key("listeners"),
                         Seg::Index(i),
                         Seg::Key("tls"),
                         Seg::Key("certificates"),
                         Seg::Index(j),
-                        Seg::Key("cert"),
+                        Seg::Key(match field {
+                            crate::tls::Field::Cert => "cert",
+                            crate::tls::Field::Key => "key",
+                        }),
                     ],
                     e,
                 ),
@@ -161,6 +164,13 @@ pub(crate) fn validate(
                     .clone()
                     .unwrap_or_else(|| b.address.host().to_owned());
                 let ca = t.ca.as_ref().map(|c| base.join(c));
+                if t.insecure_skip_verify {
+                    tracing::warn!(
+                        backend = %b.address,
+                        "backends[{i}].tls.insecure_skip_verify: certificates are not checked{}",
+                        if ca.is_some() { "; ca is ignored" } else { "" }
+                    );
+                }
                 match crate::tls::backend(ca.as_deref(), &server_name, t.insecure_skip_verify) {
                     Ok(t) => Some(Arc::new(t)),
                     Err(e) => {

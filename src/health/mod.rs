@@ -168,7 +168,7 @@ where
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
     let driver = tokio::spawn(conn);
     let req = Request::get(check.path.as_str())
-        .header(header::HOST, backend.address.to_string())
+        .header(header::HOST, host_of(backend))
         .header(header::USER_AGENT, "ringlb-health-check")
         .header(header::CONNECTION, "close")
         .body(Empty::<bytes::Bytes>::new())
@@ -176,6 +176,18 @@ where
     let status = sender.send_request(req).await?.status();
     driver.abort();
     Ok(status)
+}
+
+/// The Host a check sends: the TLS server name when there is one (virtual-hosted TLS
+/// backends route by it), else the address.
+fn host_of(backend: &BackendState) -> String {
+    match &backend.tls {
+        Some(tls) => match backend.address.port() {
+            443 => tls.server_name.to_str().into_owned(),
+            port => format!("{}:{port}", tls.server_name.to_str()),
+        },
+        None => backend.address.to_string(),
+    }
 }
 
 /// A number in [0, 1) that differs per backend, round and process, without a RNG crate.

@@ -355,26 +355,21 @@ async fn connection(
     let snap = live.load();
     let t = snap.config.timeouts;
     let max_header_bytes = snap.config.limits.max_header_bytes;
+    // The listener as the live config has it now: after a reload, new handshakes use
+    // new certificates. Gone (a reload is removing it): serve nothing rather than guess.
+    let Some(listener) = snap.config.listeners.iter().find(|l| l.bind == bind) else {
+        return;
+    };
+    let tls = listener.tls.clone();
     let slot = Arc::new((permit, Open::new(snap.metrics.client_connections.clone())));
-    // The listener's TLS as of now: after a reload, new handshakes use new certificates.
-    let tls = snap
-        .config
-        .listeners
-        .iter()
-        .find(|l| l.bind == bind)
-        .and_then(|l| l.tls.clone());
     drop(snap);
 
     let activity = Arc::new(Activity::default());
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(HeadTimer::new(activity.clone(), t.client_header, t.idle))
-        .header_read_timeout(t.client_header)
-        .max_buf_size(max_header_bytes);
-    builder
-        .http2()
-        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
+    let limits = Limits {
+        activity: activity.clone(),
+        t,
+        max_header_bytes,
+    };
     let watched = Watched::new(stream, activity.clone());
     let ctx = |proto| ConnContext {
         live,
@@ -387,10 +382,9 @@ async fn connection(
         None => {
             serve_connection(
                 TokioIo::new(watched),
-                builder,
+                Wire::Sniff,
+                &limits,
                 ctx("http"),
-                activity,
-                t,
                 stop,
             )
             .await
@@ -411,77 +405,141 @@ async fn connection(
                 }
             };
             // The protocol ALPN settled on decides how the connection is served.
-            let builder = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                builder.http2_only()
+            let wire = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                Wire::Http2
             } else {
-                builder.http1_only()
+                Wire::Http1
             };
-            serve_connection(
-                TokioIo::new(stream),
-                builder,
-                ctx("https"),
-                activity,
-                t,
-                stop,
-            )
-            .await;
+            serve_connection(TokioIo::new(stream), wire, &limits, ctx("https"), stop).await;
         }
     }
 }
 
-async fn serve_connection<I>(
-    io: I,
-    builder: auto::Builder<TokioExecutor>,
-    ctx: ConnContext,
+/// How a connection's protocol is chosen.
+enum Wire {
+    /// Plain listeners: HTTP/1.1, or HTTP/2 when the client opens with its preface.
+    Sniff,
+    /// ALPN chose (or defaulted to) HTTP/1.1.
+    Http1,
+    /// ALPN chose h2.
+    Http2,
+}
+
+/// A connection's time and size limits, shared by every way of serving it.
+struct Limits {
     activity: Arc<Activity>,
     t: crate::config::Timeouts,
+    max_header_bytes: usize,
+}
+
+impl Limits {
+    fn http1(&self, b: &mut hyper::server::conn::http1::Builder) {
+        b.timer(HeadTimer::new(
+            self.activity.clone(),
+            self.t.client_header,
+            self.t.idle,
+        ))
+        .header_read_timeout(self.t.client_header)
+        .max_buf_size(self.max_header_bytes);
+    }
+
+    fn h2_header_list(&self) -> u32 {
+        u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX)
+    }
+}
+
+/// Runs a hyper connection under the connection watchdog: it covers what hyper's
+/// HTTP/1 header timer cannot, a connection that starts no request within
+/// client_header (before the protocol is even known, e.g. a partial HTTP/2 preface),
+/// and an HTTP/2 connection that starts none within idle. A graceful shutdown lets
+/// requests in flight finish. (A macro: hyper's connection types share no trait.)
+macro_rules! watch_connection {
+    ($conn:expr, $limits:expr, $peer:expr, $stop:expr) => {{
+        let conn = $conn;
+        tokio::pin!(conn);
+        let watchdog = tokio::time::sleep($limits.t.client_header);
+        tokio::pin!(watchdog);
+        let mut seen = 0;
+        let result = loop {
+            tokio::select! {
+                r = conn.as_mut() => break r,
+                () = &mut watchdog => {
+                    let started = $limits.activity.requests();
+                    if started == 0 {
+                        debug!(client = %$peer, "closed: no request within client_header");
+                        return;
+                    }
+                    if started == seen {
+                        debug!(client = %$peer, "closing: no new request within idle");
+                        conn.as_mut().graceful_shutdown();
+                        break conn.await;
+                    }
+                    seen = started;
+                    watchdog.as_mut().reset(tokio::time::Instant::now() + $limits.t.idle);
+                }
+                () = $stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    break conn.await;
+                }
+            }
+        };
+        if let Err(e) = result {
+            debug!(client = %$peer, error = %e, "connection ended with an error");
+        }
+    }};
+}
+
+async fn serve_connection<I>(
+    io: I,
+    wire: Wire,
+    limits: &Limits,
+    ctx: ConnContext,
     stop: CancellationToken,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let peer = ctx.peer;
     let ctx = Arc::new(ctx);
-    let counter = activity.clone();
+    let counter = limits.activity.clone();
     let service = service_fn(move |req| {
         counter.request_started();
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(crate::proxy::handle(&ctx, req).await) }
     });
-    let conn = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(conn);
-
-    // The watchdog covers what hyper's HTTP/1 header timer cannot: a connection that
-    // starts no request within client_header (before the protocol is even known, e.g.
-    // a partial HTTP/2 preface), and an HTTP/2 connection that starts none within idle.
-    // A graceful shutdown lets requests in flight finish.
-    let watchdog = tokio::time::sleep(t.client_header);
-    tokio::pin!(watchdog);
-    let mut seen = 0;
-    let result = loop {
-        tokio::select! {
-            r = conn.as_mut() => break r,
-            () = &mut watchdog => {
-                let started = activity.requests();
-                if started == 0 {
-                    debug!(client = %peer, "closed: no request within client_header");
-                    return;
-                }
-                if started == seen {
-                    debug!(client = %peer, "closing: no new request within idle");
-                    conn.as_mut().graceful_shutdown();
-                    break conn.await;
-                }
-                seen = started;
-                watchdog.as_mut().reset(tokio::time::Instant::now() + t.idle);
-            }
-            () = stop.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                break conn.await;
-            }
+    match wire {
+        Wire::Sniff => {
+            let mut b = auto::Builder::new(TokioExecutor::new());
+            b.http1()
+                .timer(HeadTimer::new(
+                    limits.activity.clone(),
+                    limits.t.client_header,
+                    limits.t.idle,
+                ))
+                .header_read_timeout(limits.t.client_header)
+                .max_buf_size(limits.max_header_bytes);
+            b.http2().max_header_list_size(limits.h2_header_list());
+            watch_connection!(
+                b.serve_connection_with_upgrades(io, service),
+                limits,
+                peer,
+                stop
+            );
         }
-    };
-    if let Err(e) = result {
-        debug!(client = %peer, error = %e, "connection ended with an error");
+        Wire::Http1 => {
+            let mut b = hyper::server::conn::http1::Builder::new();
+            limits.http1(&mut b);
+            watch_connection!(
+                b.serve_connection(io, service).with_upgrades(),
+                limits,
+                peer,
+                stop
+            );
+        }
+        Wire::Http2 => {
+            let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            b.max_header_list_size(limits.h2_header_list());
+            watch_connection!(b.serve_connection(io, service), limits, peer, stop);
+        }
     }
 }
 
