@@ -240,19 +240,8 @@ async fn load(
     let secs = started.elapsed().as_secs_f64();
     let cpu_after = pid.and_then(cpu_time);
 
-    let mut latencies: Vec<u32> = Vec::new();
-    let mut errors = 0;
-    for (l, e) in results {
-        latencies.extend(l);
-        errors += e;
-    }
-    latencies.sort_unstable();
-    let pick = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0)
-    };
+    let (latencies, errors) = merge(results);
+    let pick = |q: f64| percentile(&latencies, q);
     let requests = latencies.len() as u64;
     Outcome {
         requests,
@@ -351,22 +340,8 @@ async fn tls_cases(backends: &[SocketAddr], plain: &Proxy, per_case: Duration) {
             let results = conn_clients(target.addr, tls, 64, started + per_case, reconnect).await;
             let secs = started.elapsed().as_secs_f64();
             let cpu_after = cpu_time(target.child.id());
-            let mut latencies: Vec<u32> = Vec::new();
-            let mut errors = 0;
-            for (l, e) in results {
-                latencies.extend(l);
-                errors += e;
-            }
-            latencies.sort_unstable();
-            let pick = |q: f64| {
-                latencies
-                    .get(
-                        ((latencies.len() as f64 * q) as usize)
-                            .min(latencies.len().saturating_sub(1)),
-                    )
-                    .copied()
-                    .unwrap_or(0)
-            };
+            let (latencies, errors) = merge(results);
+            let pick = |q: f64| percentile(&latencies, q);
             let n = latencies.len() as f64;
             let cpu = match (cpu_before, cpu_after) {
                 (Some(b), Some(a)) if n > 0.0 => {
@@ -468,4 +443,22 @@ async fn open(
         }
     };
     Some(sender)
+}
+
+/// All clients' latencies, sorted, and their errors.
+fn merge(results: Vec<(Vec<u32>, u64)>) -> (Vec<u32>, u64) {
+    let mut latencies: Vec<u32> = Vec::new();
+    let mut errors = 0;
+    for (l, e) in results {
+        latencies.extend(l);
+        errors += e;
+    }
+    latencies.sort_unstable();
+    (latencies, errors)
+}
+
+/// The `q` quantile of sorted latencies (0 when there are none).
+fn percentile(sorted: &[u32], q: f64) -> u32 {
+    let i = ((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1));
+    sorted.get(i).copied().unwrap_or(0)
 }

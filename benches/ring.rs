@@ -1,7 +1,10 @@
 //! What does a ring lookup cost, and a build? Owner and first-choice failover over 1M
 //! distinct random keys (fewer would let the branch predictor learn them) at 10, 100 and
 //! 1,000 backends x 160 vnodes; the request path's lookup (first available backend) at
-//! 100 x 160 with 0%, 10% and 50% of backends down; and the build of 1,000 x 160.
+//! 100 x 160 with 0%, 10% and 50% of backends down; and the build of 1,000 x 160. Next to
+//! ringlb, in the same groups: pingora-ketama (nginx-compatible ketama, 160 points per
+//! weight) and hashring (one entry per virtual node), key bytes to backend, hashing
+//! included on every side.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -112,15 +115,80 @@ fn lookup_with_down(c: &mut Criterion) {
     group.finish();
 }
 
+/// Key bytes to backend, hashing included, on ringlb and its peers.
+fn lookup_vs_peers(c: &mut Criterion) {
+    let keys: Vec<[u8; 8]> = keys().into_iter().map(u64::to_le_bytes).collect();
+    for n in [10usize, 100, 1000] {
+        let names = names(n);
+        let mut group = c.benchmark_group(format!("key_to_backend/{n}x{VNODES}"));
+        group.throughput(Throughput::Elements(1));
+        let ours = ring_of(&names);
+        let mut i = 0usize;
+        group.bench_function("ringlb", |b| {
+            b.iter(|| {
+                i = (i + 1) & (KEYS - 1);
+                black_box(ours.owner(ringlb::ring::hash_key(black_box(&keys[i]))))
+            })
+        });
+        let ketama = pingora_ketama::Continuum::new(&ketama_buckets(n));
+        group.bench_function("pingora-ketama", |b| {
+            b.iter(|| {
+                i = (i + 1) & (KEYS - 1);
+                black_box(ketama.node_idx(black_box(&keys[i])))
+            })
+        });
+        let hashring = hashring_of(n);
+        group.bench_function("hashring", |b| {
+            b.iter(|| {
+                i = (i + 1) & (KEYS - 1);
+                black_box(hashring.get(black_box(&keys[i])))
+            })
+        });
+        group.finish();
+    }
+}
+
+fn ketama_buckets(n: usize) -> Vec<pingora_ketama::Bucket> {
+    (0..n)
+        .map(|i| {
+            let port = u16::try_from(1000 + i).expect("bench sizes fit a port");
+            pingora_ketama::Bucket::new(std::net::SocketAddr::from(([10, 0, 0, 1], port)), 1)
+        })
+        .collect()
+}
+
+/// hashring has no vnode count: one entry per (backend, vnode), as its docs show.
+fn hashring_of(n: usize) -> hashring::HashRing<(usize, u32)> {
+    let mut ring = hashring::HashRing::new();
+    for b in 0..n {
+        for v in 0..VNODES {
+            ring.add((b, v));
+        }
+    }
+    ring
+}
+
 fn build(c: &mut Criterion) {
     let names = names(1000);
     let mut group = c.benchmark_group("build");
     group.sample_size(20);
-    group.bench_function(BenchmarkId::from_parameter(format!("1000x{VNODES}")), |b| {
+    group.bench_function(BenchmarkId::new("ringlb", format!("1000x{VNODES}")), |b| {
         b.iter(|| black_box(ring_of(black_box(&names))))
     });
+    let buckets = ketama_buckets(1000);
+    group.bench_function(
+        BenchmarkId::new("pingora-ketama", format!("1000x{VNODES}")),
+        |b| b.iter(|| black_box(pingora_ketama::Continuum::new(black_box(&buckets)))),
+    );
     group.finish();
+    let built = ring_of(&names);
+    println!(
+        "ringlb ring at 1000x{VNODES}: {} points, {} bytes per point",
+        built.len(),
+        (std::mem::size_of_val(built.points()) + std::mem::size_of_val(built.owners()))
+            / built.len()
+    );
 }
 
-criterion_group!(benches, lookup, lookup_with_down, build);
+criterion_group!(benches, lookup, lookup_with_down, lookup_vs_peers, build);
 criterion_main!(benches);

@@ -247,17 +247,7 @@ async fn a_renewed_certificate_is_served_after_reload_while_an_old_connection_st
     // Renewal: new files in place (as certbot or cert-manager write them), then a reload.
     let (_, _, new_der) = issue(&ca, &dir, "site", &["site.test"], false);
     let admin = proxy.admin.unwrap();
-    let r = reply(
-        client()
-            .request(
-                http::Request::post(format!("http://{admin}/reload"))
-                    .body(Empty::new())
-                    .unwrap(),
-            )
-            .await
-            .unwrap(),
-    )
-    .await;
+    let r = post_reload(admin).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(
         peer_cert(&connect(&proxy, &ca, "site.test", &[b"http/1.1"]).await),
@@ -273,17 +263,7 @@ async fn a_renewed_certificate_is_served_after_reload_while_an_old_connection_st
 
     // A bad new certificate fails the reload and the renewed one keeps serving.
     std::fs::write(&c, "not a certificate").unwrap();
-    let r = reply(
-        client()
-            .request(
-                http::Request::post(format!("http://{admin}/reload"))
-                    .body(Empty::new())
-                    .unwrap(),
-            )
-            .await
-            .unwrap(),
-    )
-    .await;
+    let r = post_reload(admin).await;
     assert_eq!(r.status, 422, "{}", r.body);
     assert!(
         r.body.contains("site.pem: not a PEM certificate chain")
@@ -523,4 +503,11 @@ async fn alpn_http11_is_served_as_http11_even_if_the_client_then_speaks_h2() {
         "h2 was served on an http/1.1 connection: {result:?}"
     );
     assert_eq!(a.hits(), 0);
+}
+
+async fn post_reload(admin: std::net::SocketAddr) -> Reply {
+    let req = http::Request::post(format!("http://{admin}/reload"))
+        .body(Empty::new())
+        .unwrap();
+    reply(client().request(req).await.unwrap()).await
 }
