@@ -77,7 +77,7 @@ EOF
 cat >"$WORK/haproxy.cfg" <<EOF
 global
   nbthread 1
-  maxconn 10000
+  maxconn 4000
 defaults
   mode http
   timeout connect 2s
