@@ -94,7 +94,6 @@ pub struct AtomicHistogram {
 struct HistogramCells {
     /// One per bound, then +Inf.
     buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
-    count: AtomicU64,
     sum_micros: AtomicU64,
 }
 
@@ -108,14 +107,9 @@ impl AtomicHistogram {
             .unwrap_or(DURATION_BUCKETS.len());
         let cells = &self.inner;
         cells.buckets[i].fetch_add(1, Ordering::Relaxed);
-        cells.count.fetch_add(1, Ordering::Relaxed);
+
         let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         cells.sum_micros.fetch_add(micros, Ordering::Relaxed);
-    }
-
-    /// Observations so far.
-    pub fn count(&self) -> u64 {
-        self.inner.count.load(Ordering::Relaxed)
     }
 }
 

@@ -49,14 +49,6 @@ impl ConfigError {
             message: "the file is empty; expected at least `listeners` and `backends`".to_owned(),
         }])
     }
-
-    /// The problems, one per line as printed.
-    pub fn diagnostics(&self) -> &[Diagnostic] {
-        match self {
-            ConfigError::Invalid(d) => d,
-            ConfigError::Read { .. } => &[],
-        }
-    }
 }
 
 struct Lines<'a>(&'a [Diagnostic]);

@@ -23,12 +23,21 @@ pub const CLIENT_CLOSED: u16 = 499;
 pub struct Trace {
     /// Backends tried.
     pub attempts: u32,
-    /// The backend whose answer is being sent, counted in flight until the end.
+    /// The backend being tried or answering, counted in flight until the end.
     pub target: Option<InFlight>,
-    /// The last backend tried, answering or not: who a 502/504 is charged to.
+    /// The last backend given up on: who a 502 after every attempt is charged to.
     pub last: Option<Arc<BackendState>>,
     /// The request body's progress, when it has one.
     pub uploaded: Option<Arc<BodySent>>,
+}
+
+impl Trace {
+    /// The current attempt failed and the request moves on: no longer in flight there.
+    pub fn moved_on(&mut self) {
+        if let Some(f) = self.target.take() {
+            self.last = Some(f.backend().clone());
+        }
+    }
 }
 
 /// The request line kept for the access log (only when it is on).
@@ -49,8 +58,7 @@ pub struct RequestLine {
 pub struct Completion {
     started: Instant,
     status: StatusCode,
-    /// Filled in by the request path.
-    pub trace: Trace,
+    trace: Trace,
     line: Option<RequestLine>,
     bytes_out: u64,
     /// The backend's body broke before its end.
@@ -70,6 +78,11 @@ impl Completion {
             aborted: false,
             snap,
         }
+    }
+
+    /// The snapshot the request runs on, and the trace the request path fills in.
+    pub fn parts(&mut self) -> (&Snapshot, &mut Trace) {
+        (&self.snap, &mut self.trace)
     }
 
     /// The status the client is being sent.

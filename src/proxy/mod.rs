@@ -24,7 +24,7 @@ use crate::backend::BackendState;
 use crate::metrics::ErrorKind;
 use crate::snapshot::{Live, Snapshot};
 use crate::upstream::ConnectError;
-pub use access::CLIENT_CLOSED;
+
 use access::{Completion, RequestLine, Trace};
 use body::{ClientBody, ClientBodyError, ProxyBody, UpstreamBody};
 pub use error::ProxyError;
@@ -59,8 +59,9 @@ pub async fn handle(ctx: &ConnContext, req: Request<Incoming>) -> Response<Proxy
         uri: req.uri().clone(),
     });
     // Recorded even if the client leaves before the answer (the future is then dropped).
-    let mut done = Completion::new(started, line, snap.clone());
-    let res = match forward(&snap, req, ctx, &mut done.trace).await {
+    let mut done = Completion::new(started, line, snap);
+    let (snap, trace) = done.parts();
+    let res = match forward(snap, req, ctx, trace).await {
         Ok(res) => res,
         Err(e) => {
             match &e {
@@ -161,8 +162,7 @@ async fn forward(
             snap.metrics.retries.inc();
         }
         let backend = snap.backend(id);
-        trace.last = Some(backend.clone());
-        let flight = backend.start_request();
+        trace.target = Some(backend.start_request());
         let outgoing = match (req.take(), &replay) {
             (Some(r), _) => r,
             (None, Some(head)) => Request::from_parts(head.clone(), ClientBody::empty()),
@@ -177,19 +177,18 @@ async fn forward(
                 }
                 if let Some((client, _)) = upgrade {
                     if res.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                        trace.target = Some(flight);
                         upgrade::tunnel(client, &mut res, backend.name.clone(), ctx);
                         let (parts, _) = res.into_parts();
                         return Ok(Response::from_parts(parts, ProxyBody::empty()));
                     }
                 }
-                trace.target = Some(flight);
                 let (mut parts, body) = res.into_parts();
                 headers::remove_hop_by_hop(&mut parts.headers);
                 let body = UpstreamBody::new(body, Some((backend.clone(), sender)));
                 return Ok(Response::from_parts(parts, ProxyBody::upstream(body)));
             }
             Attempt::Unsent(back, source) => {
+                trace.moved_on();
                 backend.metrics.error(ErrorKind::Connect);
                 record_failure(backend, config, &source);
                 debug!(backend = %backend.name, error = %source, "not sent, trying the next backend");
@@ -211,6 +210,7 @@ async fn forward(
                 }
                 match e {
                     ProxyError::Upstream { .. } if replay.is_some() => {
+                        trace.moved_on();
                         debug!(backend = %backend.name, error = %e, "no answer to a safe request, trying the next backend");
                         last = Some(e);
                     }
