@@ -250,16 +250,7 @@ async fn upstream_errors_and_retries_are_counted_by_kind() {
 
 #[tokio::test]
 async fn route_agrees_with_the_backend_that_answers() {
-    let (a, b, c) = (
-        TestBackend::spawn("a").await,
-        TestBackend::spawn("b").await,
-        TestBackend::spawn("c").await,
-    );
-    let proxy = TestProxy::spawn(&yaml_for(
-        &[("a", a.addr, 1), ("b", b.addr, 1), ("c", c.addr, 1)],
-        ADMIN,
-    ))
-    .await;
+    let ([_a, _b, _c], proxy) = three_backends(ADMIN).await;
     for i in 0..30 {
         let path = format!("/users/{i}");
         let answered = proxy.get(&path).await.served_by.unwrap();
@@ -372,12 +363,7 @@ async fn unknown_paths_are_404_wrong_methods_405_and_healthz_is_ok() {
 
 #[tokio::test]
 async fn admin_requests_are_not_counted_against_max_connections() {
-    let a = TestBackend::spawn("a").await;
-    let proxy = TestProxy::spawn(&yaml_for(
-        &[("a", a.addr, 1)],
-        &format!("{ADMIN}limits:\n  max_connections: 1\n"),
-    ))
-    .await;
+    let (_a, proxy) = one_backend(&format!("{ADMIN}limits:\n  max_connections: 1\n")).await;
     // Hold the proxy's only slot with an idle keep-alive connection.
     let mut held = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -422,12 +408,8 @@ async fn a_client_that_leaves_before_the_answer_is_counted_as_499() {
 
 #[tokio::test]
 async fn a_timeout_is_charged_to_the_backend_that_timed_out() {
-    let a = TestBackend::spawn("a").await;
-    let proxy = TestProxy::spawn(&yaml_for(
-        &[("a", a.addr, 1)],
-        &format!(
-            "{ADMIN}timeouts:\n  response: 200ms\noutlier_detection:\n  consecutive_failures: 0\n"
-        ),
+    let (_a, proxy) = one_backend(&format!(
+        "{ADMIN}timeouts:\n  response: 200ms\noutlier_detection:\n  consecutive_failures: 0\n"
     ))
     .await;
     assert_eq!(proxy.get("/slow?ms=3000").await.status, 504);

@@ -90,12 +90,7 @@ async fn no_backend_owning_keys_is_a_503() {
 
 #[tokio::test]
 async fn a_slow_backend_is_a_504_and_others_are_not_held_up() {
-    let a = TestBackend::spawn("a").await;
-    let proxy = TestProxy::spawn(&yaml_for(
-        &[("a", a.addr, 1)],
-        "timeouts:\n  response: 300ms\n",
-    ))
-    .await;
+    let (_a, proxy) = one_backend("timeouts:\n  response: 300ms\n").await;
     let started = Instant::now();
     let (slow, fast) = tokio::join!(proxy.get("/slow?ms=5000"), async {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -159,8 +154,7 @@ async fn a_request_the_backend_may_have_seen_is_not_retried() {
 
 #[tokio::test]
 async fn malformed_requests_get_400_and_the_proxy_keeps_serving() {
-    let a = TestBackend::spawn("a").await;
-    let proxy = TestProxy::spawn(&yaml_with(&[&a])).await;
+    let (_a, proxy) = one_backend("").await;
     let cases: [(&str, &[u8]); 5] = [
         ("no Host", b"GET / HTTP/1.1\r\n\r\n"),
         ("two Host headers", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
@@ -180,8 +174,7 @@ async fn malformed_requests_get_400_and_the_proxy_keeps_serving() {
 
 #[tokio::test]
 async fn content_length_beside_chunked_cannot_smuggle_a_request() {
-    let a = TestBackend::spawn("a").await;
-    let proxy = TestProxy::spawn(&yaml_with(&[&a])).await;
+    let (a, proxy) = one_backend("").await;
     // Content-Length 4 would end the body early and leave "GET /smuggled" as a second request.
     let raw = b"POST /echo-headers HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n20\r\nGET /smuggled HTTP/1.1\r\nX: y\r\n\r\n\r\n0\r\n\r\n";
     let text = raw_exchange(proxy.addr, raw).await;
@@ -200,12 +193,7 @@ async fn content_length_beside_chunked_cannot_smuggle_a_request() {
 
 #[tokio::test]
 async fn oversized_headers_get_431() {
-    let a = TestBackend::spawn("a").await;
-    let proxy = TestProxy::spawn(&yaml_for(
-        &[("a", a.addr, 1)],
-        "limits:\n  max_header_bytes: 8192\n",
-    ))
-    .await;
+    let (a, proxy) = one_backend("limits:\n  max_header_bytes: 8192\n").await;
     let raw = format!(
         "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
         "x".repeat(10_000)
@@ -230,12 +218,7 @@ async fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
 
 #[tokio::test]
 async fn a_client_dribbling_its_headers_is_cut_after_client_header() {
-    let a = TestBackend::spawn("a").await;
-    let proxy = TestProxy::spawn(&yaml_for(
-        &[("a", a.addr, 1)],
-        "timeouts:\n  client_header: 400ms\n",
-    ))
-    .await;
+    let (a, proxy) = one_backend("timeouts:\n  client_header: 400ms\n").await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     let started = Instant::now();
     s.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
@@ -264,12 +247,7 @@ async fn a_client_dribbling_its_headers_is_cut_after_client_header() {
 
 #[tokio::test]
 async fn a_client_that_sends_nothing_is_closed_after_client_header() {
-    let a = TestBackend::spawn("a").await;
-    let proxy = TestProxy::spawn(&yaml_for(
-        &[("a", a.addr, 1)],
-        "timeouts:\n  client_header: 300ms\n",
-    ))
-    .await;
+    let (_a, proxy) = one_backend("timeouts:\n  client_header: 300ms\n").await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     assert!(closed_within(&mut s, Duration::from_secs(3)).await);
 }
@@ -288,12 +266,7 @@ async fn one_keepalive_request(s: &mut TcpStream) -> String {
 
 #[tokio::test]
 async fn idle_keepalive_connections_last_idle_not_client_header() {
-    let a = TestBackend::spawn("a").await;
-    let proxy = TestProxy::spawn(&yaml_for(
-        &[("a", a.addr, 1)],
-        "timeouts:\n  client_header: 200ms\n  idle: 1500ms\n",
-    ))
-    .await;
+    let (_a, proxy) = one_backend("timeouts:\n  client_header: 200ms\n  idle: 1500ms\n").await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     assert_eq!(raw_status(&one_keepalive_request(&mut s).await), Some(200));
     // Idle well past client_header: the connection must still be usable.
@@ -312,12 +285,7 @@ async fn idle_keepalive_connections_last_idle_not_client_header() {
 
 #[tokio::test]
 async fn past_max_connections_new_clients_wait_for_a_free_slot() {
-    let a = TestBackend::spawn("a").await;
-    let proxy = TestProxy::spawn(&yaml_for(
-        &[("a", a.addr, 1)],
-        "limits:\n  max_connections: 1\n",
-    ))
-    .await;
+    let (_a, proxy) = one_backend("limits:\n  max_connections: 1\n").await;
     let mut first = TcpStream::connect(proxy.addr).await.unwrap();
     assert_eq!(
         raw_status(&one_keepalive_request(&mut first).await),
@@ -346,8 +314,7 @@ async fn past_max_connections_new_clients_wait_for_a_free_slot() {
 
 #[tokio::test]
 async fn a_backend_answering_before_the_upload_ends_does_not_stall_the_next_request() {
-    let a = TestBackend::spawn("a").await;
-    let proxy = TestProxy::spawn(&yaml_with(&[&a])).await;
+    let (_a, proxy) = one_backend("").await;
     // An upload the backend answers after its first chunk, and whose client then stalls.
     let (tx, body) = channel_body();
     tx.send(Ok(hyper::body::Frame::data(Bytes::from_static(b"one"))))
@@ -370,12 +337,7 @@ async fn a_backend_answering_before_the_upload_ends_does_not_stall_the_next_requ
 
 #[tokio::test]
 async fn an_upload_slower_than_the_response_timeout_is_not_a_504() {
-    let a = TestBackend::spawn("a").await;
-    let proxy = TestProxy::spawn(&yaml_for(
-        &[("a", a.addr, 1)],
-        "timeouts:\n  response: 400ms\n",
-    ))
-    .await;
+    let (_a, proxy) = one_backend("timeouts:\n  response: 400ms\n").await;
     let (tx, body) = channel_body();
     tokio::spawn(async move {
         for i in 0..6u64 {
@@ -401,12 +363,7 @@ async fn an_upload_slower_than_the_response_timeout_is_not_a_504() {
 
 #[tokio::test]
 async fn a_partial_http2_preface_does_not_hold_a_connection() {
-    let a = TestBackend::spawn("a").await;
-    let proxy = TestProxy::spawn(&yaml_for(
-        &[("a", a.addr, 1)],
-        "timeouts:\n  client_header: 300ms\n",
-    ))
-    .await;
+    let (_a, proxy) = one_backend("timeouts:\n  client_header: 300ms\n").await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     s.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
     assert!(
@@ -417,12 +374,7 @@ async fn a_partial_http2_preface_does_not_hold_a_connection() {
 
 #[tokio::test]
 async fn an_idle_http2_connection_is_closed_after_idle() {
-    let a = TestBackend::spawn("a").await;
-    let proxy = TestProxy::spawn(&yaml_for(
-        &[("a", a.addr, 1)],
-        "timeouts:\n  client_header: 300ms\n  idle: 400ms\n",
-    ))
-    .await;
+    let (_a, proxy) = one_backend("timeouts:\n  client_header: 300ms\n  idle: 400ms\n").await;
     let io = hyper_util::rt::TokioIo::new(TcpStream::connect(proxy.addr).await.unwrap());
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
@@ -443,8 +395,7 @@ async fn an_idle_http2_connection_is_closed_after_idle() {
 
 #[tokio::test]
 async fn connect_is_answered_501() {
-    let a = TestBackend::spawn("a").await;
-    let proxy = TestProxy::spawn(&yaml_with(&[&a])).await;
+    let (a, proxy) = one_backend("").await;
     let text = raw_exchange(
         proxy.addr,
         b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",

@@ -25,8 +25,7 @@ fn values<'a>(lines: &'a [(String, String)], name: &str) -> Vec<&'a str> {
 
 #[tokio::test]
 async fn the_backend_sees_host_kept_hop_by_hop_gone_and_forwarded_headers() {
-    let a = TestBackend::spawn("a").await;
-    let proxy = TestProxy::spawn(&yaml_with(&[&a])).await;
+    let (_a, proxy) = one_backend("").await;
     let req = Request::get(proxy.url("/echo-headers?x=1"))
         .header("host", "shop.example:8443")
         .header("connection", "keep-alive, x-private")
@@ -81,8 +80,7 @@ async fn the_backend_sees_host_kept_hop_by_hop_gone_and_forwarded_headers() {
 
 #[tokio::test]
 async fn an_h2_request_reaches_the_backend_with_a_host_header() {
-    let a = TestBackend::spawn("a").await;
-    let proxy = TestProxy::spawn(&yaml_with(&[&a])).await;
+    let (_a, proxy) = one_backend("").await;
     let reply = proxy.get_h2("/echo-headers").await;
     let lines = header_lines(&reply.body);
     assert_eq!(
@@ -103,8 +101,7 @@ async fn an_h2_request_reaches_the_backend_with_a_host_header() {
 
 #[tokio::test]
 async fn split_http2_cookies_reach_the_backend_as_one_header() {
-    let a = TestBackend::spawn("a").await;
-    let proxy = TestProxy::spawn(&yaml_with(&[&a])).await;
+    let (_a, proxy) = one_backend("").await;
     let io =
         hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(proxy.addr).await.unwrap());
     let (mut sender, conn) =
@@ -124,8 +121,7 @@ async fn split_http2_cookies_reach_the_backend_as_one_header() {
 
 #[tokio::test]
 async fn an_http10_request_without_host_gets_the_backend_address_as_host() {
-    let a = TestBackend::spawn("a").await;
-    let proxy = TestProxy::spawn(&yaml_with(&[&a])).await;
+    let (a, proxy) = one_backend("").await;
     let text = raw_exchange(proxy.addr, b"GET /echo-headers HTTP/1.0\r\n\r\n").await;
     assert_eq!(raw_status(&text), Some(200), "{text}");
     assert!(text.contains(&format!("\nhost: {}\n", a.addr)), "{text}");

@@ -50,16 +50,7 @@ const CHECKS: &str = "health_check:\n  interval: 200ms\n  timeout: 200ms\n  heal
 
 #[tokio::test]
 async fn a_killed_backend_leaves_the_ring_only_its_keys_move_and_they_come_back() {
-    let (a, b, c) = (
-        TestBackend::spawn("a").await,
-        TestBackend::spawn("b").await,
-        TestBackend::spawn("c").await,
-    );
-    let proxy = TestProxy::spawn(&yaml_for(
-        &[("a", a.addr, 1), ("b", b.addr, 1), ("c", c.addr, 1)],
-        CHECKS,
-    ))
-    .await;
+    let ([_a, b, _c], proxy) = three_backends(CHECKS).await;
     assert_served_by_first_not_in(&proxy, &[]).await;
 
     // With retries alone a dead owner's keys would reach the same next backend; the
@@ -95,16 +86,7 @@ async fn a_killed_backend_leaves_the_ring_only_its_keys_move_and_they_come_back(
 
 #[tokio::test]
 async fn a_backend_answering_500_on_its_health_path_is_taken_out_and_back() {
-    let (a, b, c) = (
-        TestBackend::spawn("a").await,
-        TestBackend::spawn("b").await,
-        TestBackend::spawn("c").await,
-    );
-    let proxy = TestProxy::spawn(&yaml_for(
-        &[("a", a.addr, 1), ("b", b.addr, 1), ("c", c.addr, 1)],
-        CHECKS,
-    ))
-    .await;
+    let ([_a, _b, c], proxy) = three_backends(CHECKS).await;
     c.set_health(500);
     wait_until(Duration::from_secs(10), "c to be taken out", || async {
         is_down(&proxy.live, "c")

@@ -10,12 +10,7 @@ use http_body_util::Full;
 
 #[tokio::test]
 async fn every_key_returns_to_the_backend_the_ring_names() {
-    let (a, b, c) = (
-        TestBackend::spawn("a").await,
-        TestBackend::spawn("b").await,
-        TestBackend::spawn("c").await,
-    );
-    let proxy = TestProxy::spawn(&yaml_with(&[&a, &b, &c])).await;
+    let ([a, b, c], proxy) = three_backends("").await;
     let mut seen = std::collections::HashSet::new();
     for i in 0..300 {
         let path = format!("/k/{i}");
@@ -44,12 +39,7 @@ async fn every_key_returns_to_the_backend_the_ring_names() {
 
 #[tokio::test]
 async fn h2c_and_http1_route_a_key_to_the_same_backend() {
-    let (a, b, c) = (
-        TestBackend::spawn("a").await,
-        TestBackend::spawn("b").await,
-        TestBackend::spawn("c").await,
-    );
-    let proxy = TestProxy::spawn(&yaml_with(&[&a, &b, &c])).await;
+    let ([_a, _b, _c], proxy) = three_backends("").await;
     for i in 0..50 {
         let path = format!("/h2/{i}");
         let over_h2 = proxy.get_h2(&path).await;
@@ -102,24 +92,13 @@ async fn assert_routed_by(proxy: &TestProxy, req: Request<Full<bytes::Bytes>>, k
     );
 }
 
-async fn three_backends_and_proxy(hash: &str) -> (TestProxy, [TestBackend; 3]) {
-    let bs = [
-        TestBackend::spawn("a").await,
-        TestBackend::spawn("b").await,
-        TestBackend::spawn("c").await,
-    ];
-    let list: Vec<_> = bs.iter().map(|b| (b.name.as_str(), b.addr, 1)).collect();
-    let proxy = TestProxy::spawn(&yaml_for(&list, hash)).await;
-    (proxy, bs)
-}
-
 fn get(proxy: &TestProxy, path: &str) -> http::request::Builder {
     Request::get(proxy.url(path))
 }
 
 #[tokio::test]
 async fn each_key_source_hashes_what_it_names() {
-    let (p, _b) = three_backends_and_proxy("hash:\n  key: uri\n").await;
+    let (_b, p) = three_backends("hash:\n  key: uri\n").await;
     for i in 0..40 {
         let path = format!("/u?id={i}");
         assert_routed_by(
@@ -130,7 +109,7 @@ async fn each_key_source_hashes_what_it_names() {
         .await;
     }
 
-    let (p, _b) = three_backends_and_proxy("hash:\n  key: header:X-User\n").await;
+    let (_b, p) = three_backends("hash:\n  key: header:X-User\n").await;
     for i in 0..40 {
         let user = format!("user-{i}");
         let req = get(&p, &format!("/any/{i}"))
@@ -140,7 +119,7 @@ async fn each_key_source_hashes_what_it_names() {
         assert_routed_by(&p, req, user.as_bytes()).await;
     }
 
-    let (p, _b) = three_backends_and_proxy("hash:\n  key: cookie:sid\n").await;
+    let (_b, p) = three_backends("hash:\n  key: cookie:sid\n").await;
     for i in 0..40 {
         let sid = format!("s{i}");
         let req = get(&p, &format!("/c/{i}"))
@@ -150,7 +129,7 @@ async fn each_key_source_hashes_what_it_names() {
         assert_routed_by(&p, req, sid.as_bytes()).await;
     }
 
-    let (p, _b) = three_backends_and_proxy("hash:\n  key: query:id\n").await;
+    let (_b, p) = three_backends("hash:\n  key: query:id\n").await;
     for i in 0..40 {
         let req = get(&p, &format!("/q/{}?x=1&id=v{i}", i * 7))
             .body(Full::default())
@@ -158,7 +137,7 @@ async fn each_key_source_hashes_what_it_names() {
         assert_routed_by(&p, req, format!("v{i}").as_bytes()).await;
     }
 
-    let (p, _b) = three_backends_and_proxy("hash:\n  key: host\n").await;
+    let (_b, p) = three_backends("hash:\n  key: host\n").await;
     for i in 0..40 {
         let req = get(&p, &format!("/h/{i}"))
             .header("host", format!("Tenant{i}.Example.com:8080"))
@@ -170,7 +149,7 @@ async fn each_key_source_hashes_what_it_names() {
 
 #[tokio::test]
 async fn client_ip_keeps_one_client_on_one_backend() {
-    let (p, _b) = three_backends_and_proxy("hash:\n  key: client_ip\n").await;
+    let (_b, p) = three_backends("hash:\n  key: client_ip\n").await;
     let owner = p.route(&[127, 0, 0, 1])[0].clone();
     for i in 0..30 {
         let reply = p.get(&format!("/ip/{i}")).await;
@@ -184,7 +163,7 @@ async fn client_ip_keeps_one_client_on_one_backend() {
 
 #[tokio::test]
 async fn a_key_list_falls_through_to_the_next_source_then_the_path() {
-    let (p, _b) = three_backends_and_proxy("hash:\n  key: [header:x-tenant, cookie:sid]\n").await;
+    let (_b, p) = three_backends("hash:\n  key: [header:x-tenant, cookie:sid]\n").await;
     for i in 0..30 {
         let with_header = get(&p, &format!("/l/{i}"))
             .header("x-tenant", format!("t{i}"))

@@ -10,8 +10,7 @@ use tokio::net::TcpStream;
 
 #[tokio::test]
 async fn stop_refuses_new_connections_and_finishes_the_request_in_flight() {
-    let a = TestBackend::spawn("a").await;
-    let mut proxy = TestProxy::spawn(&yaml_with(&[&a])).await;
+    let (a, mut proxy) = one_backend("").await;
     let addr = proxy.addr;
     let url = proxy.url("/slow?ms=1500");
     let in_flight = tokio::spawn(async move {
@@ -51,12 +50,7 @@ async fn stop_refuses_new_connections_and_finishes_the_request_in_flight() {
 
 #[tokio::test]
 async fn the_drain_gives_up_after_the_shutdown_timeout() {
-    let a = TestBackend::spawn("a").await;
-    let mut proxy = TestProxy::spawn(&yaml_for(
-        &[("a", a.addr, 1)],
-        "timeouts:\n  shutdown: 300ms\n",
-    ))
-    .await;
+    let (a, mut proxy) = one_backend("timeouts:\n  shutdown: 300ms\n").await;
     let url = proxy.url("/slow?ms=20000");
     tokio::spawn(async move {
         let client = client();
@@ -84,8 +78,7 @@ async fn the_drain_gives_up_after_the_shutdown_timeout() {
 
 #[tokio::test]
 async fn idle_keepalive_connections_close_at_once_on_stop() {
-    let a = TestBackend::spawn("a").await;
-    let mut proxy = TestProxy::spawn(&yaml_with(&[&a])).await;
+    let (_a, mut proxy) = one_backend("").await;
     assert_eq!(proxy.get("/warm").await.status, 200); // leaves an idle pooled connection
     let server = proxy.take_task();
     let started = Instant::now();

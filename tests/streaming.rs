@@ -18,8 +18,7 @@ const CHUNK: u64 = 256 * 1024;
 
 #[tokio::test]
 async fn a_64_mib_upload_arrives_intact() {
-    let a = TestBackend::spawn("a").await;
-    let proxy = TestProxy::spawn(&yaml_with(&[&a])).await;
+    let (_a, proxy) = one_backend("").await;
     let (tx, body) = channel_body();
     tokio::spawn(async move {
         let mut at = 0;
@@ -41,8 +40,7 @@ async fn a_64_mib_upload_arrives_intact() {
 
 #[tokio::test]
 async fn a_64_mib_download_arrives_intact() {
-    let a = TestBackend::spawn("a").await;
-    let proxy = TestProxy::spawn(&yaml_with(&[&a])).await;
+    let (_a, proxy) = one_backend("").await;
     let client = Client::builder(TokioExecutor::new()).build_http::<http_body_util::Empty<Bytes>>();
     let res = client
         .get(
@@ -68,8 +66,7 @@ async fn a_64_mib_download_arrives_intact() {
 
 #[tokio::test]
 async fn the_request_body_is_forwarded_before_it_ends() {
-    let a = TestBackend::spawn("a").await;
-    let proxy = TestProxy::spawn(&yaml_with(&[&a])).await;
+    let (_a, proxy) = one_backend("").await;
     let (tx, body) = channel_body();
     tx.send(Ok(Frame::data(Bytes::from_static(b"first"))))
         .await
@@ -92,8 +89,7 @@ async fn the_request_body_is_forwarded_before_it_ends() {
 
 #[tokio::test]
 async fn the_response_body_is_forwarded_before_it_ends() {
-    let a = TestBackend::spawn("a").await;
-    let proxy = TestProxy::spawn(&yaml_with(&[&a])).await;
+    let (a, proxy) = one_backend("").await;
     let client = Client::builder(TokioExecutor::new()).build_http::<http_body_util::Empty<Bytes>>();
     let res = client
         .get(proxy.url("/drip").parse().unwrap())
@@ -113,8 +109,7 @@ async fn the_response_body_is_forwarded_before_it_ends() {
 
 #[tokio::test]
 async fn an_h2_upload_streams_to_an_http1_backend() {
-    let a = TestBackend::spawn("a").await;
-    let proxy = TestProxy::spawn(&yaml_with(&[&a])).await;
+    let (_a, proxy) = one_backend("").await;
     let (tx, body) = channel_body();
     let total = 8 * CHUNK;
     tokio::spawn(async move {

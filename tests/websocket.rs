@@ -10,16 +10,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn a_websocket_echoes_through_the_proxy_on_the_keys_backend() {
-    let (a, b, c) = (
-        TestBackend::spawn("a").await,
-        TestBackend::spawn("b").await,
-        TestBackend::spawn("c").await,
-    );
-    let proxy = TestProxy::spawn(&yaml_for(
-        &[("a", a.addr, 1), ("b", b.addr, 1), ("c", c.addr, 1)],
-        "hash:\n  key: query:room\n",
-    ))
-    .await;
+    let ([_a, _b, _c], proxy) = three_backends("hash:\n  key: query:room\n").await;
     for room in ["lobby", "kitchen", "attic", "cellar"] {
         let owner = proxy.route(room.as_bytes())[0].clone();
         let stream = TcpStream::connect(proxy.addr).await.unwrap();
@@ -45,12 +36,7 @@ async fn a_websocket_echoes_through_the_proxy_on_the_keys_backend() {
 
 #[tokio::test]
 async fn an_open_tunnel_keeps_its_connection_slot() {
-    let a = TestBackend::spawn("a").await;
-    let proxy = TestProxy::spawn(&yaml_for(
-        &[("a", a.addr, 1)],
-        "limits:\n  max_connections: 1\n",
-    ))
-    .await;
+    let (_a, proxy) = one_backend("limits:\n  max_connections: 1\n").await;
     let stream = TcpStream::connect(proxy.addr).await.unwrap();
     let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{}/ws", proxy.addr), stream)
         .await

@@ -590,3 +590,22 @@ pub fn channel_body() -> (tokio::sync::mpsc::Sender<Chunk>, StreamBody<ChunkStre
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
     (tx, StreamBody::new(Box::pin(stream)))
 }
+
+/// Backend `a` and the proxy over it, with `extra` appended to the config.
+pub async fn one_backend(extra: &str) -> (TestBackend, TestProxy) {
+    let a = TestBackend::spawn("a").await;
+    let proxy = TestProxy::spawn(&yaml_for(&[("a", a.addr, 1)], extra)).await;
+    (a, proxy)
+}
+
+/// Backends `a`, `b`, `c` (weight 1) and the proxy over them, with `extra` appended.
+pub async fn three_backends(extra: &str) -> ([TestBackend; 3], TestProxy) {
+    let bs = [
+        TestBackend::spawn("a").await,
+        TestBackend::spawn("b").await,
+        TestBackend::spawn("c").await,
+    ];
+    let list: Vec<_> = bs.iter().map(|b| (b.name.as_str(), b.addr, 1)).collect();
+    let proxy = TestProxy::spawn(&yaml_for(&list, extra)).await;
+    (bs, proxy)
+}
