@@ -4,22 +4,12 @@
 //! removed or added, next to the ideal (exactly that backend's share; nothing else).
 //! Prints one markdown table; `cargo bench --bench balance`.
 
-use ringlb::ring::{hash_key, BackendId, Member, Ring};
+mod common;
+
+use common::ring_of as ring;
+use ringlb::ring::{hash_key, BackendId};
 
 const KEYS: u64 = 1 << 20;
-
-fn ring(names: &[String], vnodes: u32) -> Ring {
-    let members: Vec<Member> = names
-        .iter()
-        .enumerate()
-        .map(|(i, name)| Member {
-            id: BackendId::try_from(i).expect("bench sizes fit u32"),
-            name,
-            weight: 1,
-        })
-        .collect();
-    Ring::build(&members, vnodes).expect("bench ring builds")
-}
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {

@@ -6,33 +6,23 @@
 //! weight) and hashring (one entry per virtual node), key bytes to backend, hashing
 //! included on every side.
 
+mod common;
+
 use std::hint::black_box;
 use std::sync::Arc;
 
+use common::names;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ringlb::backend::BackendState;
 use ringlb::config::Address;
 use ringlb::metrics::Metrics;
-use ringlb::ring::{BackendId, Member, Ring};
+use ringlb::ring::Ring;
 
 const VNODES: u32 = 160;
 const KEYS: usize = 1 << 20;
 
-fn names(n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("app-{i}")).collect()
-}
-
 fn ring_of(names: &[String]) -> Ring {
-    let members: Vec<Member> = names
-        .iter()
-        .enumerate()
-        .map(|(i, name)| Member {
-            id: BackendId::try_from(i).expect("bench sizes fit u32"),
-            name,
-            weight: 1,
-        })
-        .collect();
-    Ring::build(&members, VNODES).expect("bench ring builds")
+    common::ring_of(names, VNODES)
 }
 
 /// Random keys from a fixed-seed xorshift, so every run measures the same inputs.

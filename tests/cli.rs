@@ -196,16 +196,7 @@ async fn sigterm_drains_the_request_in_flight_and_exits_0() {
     let path = write_config("run", &yaml_with(&[&a]));
     let (mut child, addr) = start(&path, &["--log-format", "json"]);
     let url = format!("http://{addr}/slow?ms=1500");
-    let in_flight = tokio::spawn(async move {
-        let client = client();
-        reply(
-            client
-                .get(url.parse().unwrap())
-                .await
-                .expect("request through the binary"),
-        )
-        .await
-    });
+    let in_flight = spawn_get(url);
     wait_until(
         Duration::from_secs(5),
         "the request to reach the backend",

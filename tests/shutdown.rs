@@ -13,16 +13,7 @@ async fn stop_refuses_new_connections_and_finishes_the_request_in_flight() {
     let (a, mut proxy) = one_backend("").await;
     let addr = proxy.addr;
     let url = proxy.url("/slow?ms=1500");
-    let in_flight = tokio::spawn(async move {
-        let client = client();
-        reply(
-            client
-                .get(url.parse().unwrap())
-                .await
-                .expect("the in-flight request completes"),
-        )
-        .await
-    });
+    let in_flight = spawn_get(url);
     wait_until(
         Duration::from_secs(5),
         "the slow request to reach the backend",

@@ -609,3 +609,17 @@ pub async fn three_backends(extra: &str) -> ([TestBackend; 3], TestProxy) {
     let proxy = TestProxy::spawn(&yaml_for(&list, extra)).await;
     (bs, proxy)
 }
+
+/// A GET to `url` in a task of its own, for a request that must be in flight while
+/// the test does something else.
+pub fn spawn_get(url: String) -> JoinHandle<Reply> {
+    tokio::spawn(async move {
+        reply(
+            client()
+                .get(url.parse().expect("a valid URL"))
+                .await
+                .expect("the request completes"),
+        )
+        .await
+    })
+}
