@@ -121,7 +121,7 @@ async fn forward(
         }
     }
     headers::add_forwarded(&mut parts.headers, peer.ip(), ctx.proto, host);
-    parts.uri = origin_form(&parts.uri);
+    to_origin_form(&mut parts.uri);
     parts.version = Version::HTTP_11;
     // A bodiless idempotent request can be sent again if its backend dies before
     // answering (nginx's `proxy_next_upstream error`): keep its head for that.
@@ -349,13 +349,14 @@ fn request_host(parts: &http::request::Parts) -> Result<Option<HeaderValue>, Pro
 }
 
 /// The request target as sent to an HTTP/1.1 origin: path and query only.
-fn origin_form(uri: &Uri) -> Uri {
+fn to_origin_form(uri: &mut Uri) {
+    // Most requests are in origin form already: leave them untouched.
     if uri.scheme().is_none() && uri.authority().is_none() {
-        return uri.clone();
+        return;
     }
     let pq = uri
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    Uri::from(pq)
+    *uri = Uri::from(pq);
 }
