@@ -7,7 +7,8 @@
 # connection (wrk, 100,000 distinct URIs) and h2c with 64 connections x 10 streams
 # (h2load, prior knowledge). Prints one markdown table: req/s, p50/p99, proxy CPU
 # microseconds per request (from /proc; what separates proxies once the load core
-# saturates), peak RSS, and each proxy's ratio to nginx in the same round.
+# saturates) split into user and kernel time, peak RSS, and each proxy's ratio to
+# nginx in the same round.
 #
 # Not run by CI. Needs root for apt-get when a tool is missing. Every server listens
 # on 127.0.0.1 and is stopped by pid at the end.
@@ -129,14 +130,14 @@ for port in $NGINX_H2 $HAPROXY_H2 $RINGLB; do
   sed "s#^#http://127.0.0.1:$port#" "$WORK/paths.txt" >"$WORK/uris-$port.txt"
 done
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; } # user and system ticks
 hwm_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 TICK=$(getconf CLK_TCK)
 
-# run NAME PID KIND PORT -> "req/s p50_us p99_us cpu_us_per_req"
+# run NAME PID KIND PORT -> "req/s p50 p99 cpu_us_per_req user_us sys_us"
 run() {
-  local pid=$2 kind=$3 port=$4 out before after reqs rps p50 p99
-  before=$(cpu_ticks "$pid")
+  local pid=$2 kind=$3 port=$4 out u0 s0 u1 s1 reqs rps p50 p99
+  read -r u0 s0 < <(cpu_ticks "$pid")
   case $kind in
     h1x64 | h1x1)
       local c=64
@@ -156,15 +157,14 @@ run() {
       p99=$(awk '/time for request:/ {print $5}' <<<"$out")"(max)"
       ;;
   esac
-  after=$(cpu_ticks "$pid")
-  local cpu
-  cpu=$(awk -v b="$before" -v a="$after" -v t="$TICK" -v r="$reqs" 'BEGIN { if (r > 0) printf "%.1f", (a - b) / t * 1e6 / r; else print "-" }')
-  echo "$rps $p50 $p99 $cpu"
+  read -r u1 s1 < <(cpu_ticks "$pid")
+  awk -v u="$((u1 - u0))" -v s="$((s1 - s0))" -v t="$TICK" -v r="$reqs" -v rest="$rps $p50 $p99" \
+    'BEGIN { if (r > 0) printf "%s %.1f %.1f %.1f\n", rest, (u + s) / t * 1e6 / r, u / t * 1e6 / r, s / t * 1e6 / r; else print rest, "- - -" }'
 }
 
 declare -A NGINX_RPS NGINX_CPU
-printf '| round | workload | proxy | req/s | p50 | p99 | CPU µs/req | peak RSS | req/s vs nginx | CPU vs nginx |\n'
-printf '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n'
+printf '| round | workload | proxy | req/s | p50 | p99 | CPU µs/req | user + sys | peak RSS | req/s vs nginx | CPU vs nginx |\n'
+printf '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n'
 for round in $(seq 1 "$ROUNDS"); do
   for kind in h1x64 h1x1 h2c; do
     for proxy in nginx haproxy ringlb; do
@@ -175,7 +175,7 @@ for round in $(seq 1 "$ROUNDS"); do
       esac
       port=$h1
       [ "$kind" = h2c ] && port=$h2
-      read -r rps p50 p99 cpu < <(run "$proxy" "$pid" "$kind" "$port")
+      read -r rps p50 p99 cpu user sys < <(run "$proxy" "$pid" "$kind" "$port")
       rss=$(( $(hwm_kib "$pid") / 1024 ))
       if [ "$proxy" = nginx ]; then
         NGINX_RPS[$kind]=$rps
@@ -183,8 +183,8 @@ for round in $(seq 1 "$ROUNDS"); do
       fi
       ratio_rps=$(awk -v a="$rps" -v b="${NGINX_RPS[$kind]}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')
       ratio_cpu=$(awk -v a="$cpu" -v b="${NGINX_CPU[$kind]}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')
-      printf '| %s | %s | %s | %s | %s | %s | %s | %s MiB | %s | %s |\n' \
-        "$round" "$kind" "$proxy" "$rps" "$p50" "$p99" "$cpu" "$rss" "$ratio_rps" "$ratio_cpu"
+      printf '| %s | %s | %s | %s | %s | %s | %s | %s + %s | %s MiB | %s | %s |\n' \
+        "$round" "$kind" "$proxy" "$rps" "$p50" "$p99" "$cpu" "$user" "$sys" "$rss" "$ratio_rps" "$ratio_cpu"
     done
   done
 done
