@@ -173,10 +173,9 @@ fn build(c: &mut Criterion) {
     group.finish();
     let built = ring_of(&names);
     println!(
-        "ringlb ring at 1000x{VNODES}: {} points, {} bytes per point",
+        "ringlb ring at 1000x{VNODES}: {} points, {:.2} bytes per point",
         built.len(),
-        (std::mem::size_of_val(built.points()) + std::mem::size_of_val(built.owners()))
-            / built.len()
+        built.memory_bytes() as f64 / built.len() as f64
     );
 }
 

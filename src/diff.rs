@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
+use crate::ring::BackendId;
 use crate::snapshot::Snapshot;
 
 /// The key space before and after a change.
@@ -30,8 +31,8 @@ pub struct KeyDiff {
 /// Compares the owners of every arc of the key space under `old` and `new`, in one
 /// linear merge of the two rings' sorted points.
 pub fn diff(old: &Snapshot, new: &Snapshot) -> KeyDiff {
-    let (oh, oo) = (old.ring.points(), old.ring.owners());
-    let (nh, no) = (new.ring.points(), new.ring.owners());
+    let (oh, oo): (Vec<u64>, Vec<BackendId>) = old.ring.points().unzip();
+    let (nh, no): (Vec<u64>, Vec<BackendId>) = new.ring.points().unzip();
     // Arc lengths moved, by (old owner, new owner) index; u32::MAX is "no owner".
     let mut moved_by: HashMap<(u32, u32), u128> = HashMap::new();
     let last = oh.last().copied().max(nh.last().copied());

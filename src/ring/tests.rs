@@ -64,12 +64,13 @@ fn empty_and_drained_rings_own_nothing() {
 fn keys_past_the_last_point_wrap_to_the_first() {
     let members = vec![("a".to_string(), 1), ("b".to_string(), 1)];
     let ring = ring_of(&members, 3);
-    let last = *ring.hashes.last().unwrap();
-    assert_eq!(ring.owner(u64::MAX), Some(ring.owners[0]));
+    let points: Vec<(u64, BackendId)> = ring.points().collect();
+    let (first, (last, last_owner)) = (points[0].1, *points.last().unwrap());
+    assert_eq!(ring.owner(u64::MAX), Some(first));
     if last < u64::MAX {
-        assert_eq!(ring.owner(last + 1), Some(ring.owners[0]));
+        assert_eq!(ring.owner(last + 1), Some(first));
     }
-    assert_eq!(ring.owner(last), Some(*ring.owners.last().unwrap()));
+    assert_eq!(ring.owner(last), Some(last_owner));
 }
 
 #[test]
@@ -84,8 +85,77 @@ fn failover_yields_every_member_once() {
     }
 }
 
+/// Every point sorted with its owner's index, by definition (ties by name).
+fn reference_points(members: &[(String, u32)], vnodes: u32) -> Vec<(u64, usize)> {
+    let mut points = Vec::new();
+    for (i, (name, w)) in members.iter().enumerate() {
+        for p in 0..w * vnodes {
+            points.push((xxh3_64(format!("{name}#{p}").as_bytes()), name.clone(), i));
+        }
+    }
+    points.sort();
+    points.into_iter().map(|(h, _, i)| (h, i)).collect()
+}
+
+#[test]
+fn exact_at_and_beside_every_point_and_bucket_edge() {
+    let members: Vec<(String, u32)> = (0..13).map(|i| (format!("m{i}"), 1 + i % 3)).collect();
+    let ring = ring_of(&members, 50);
+    let reference = reference_points(&members, 50);
+    let listed: Vec<(u64, usize)> = ring.points().map(|(h, o)| (h, o.index())).collect();
+    assert_eq!(listed, reference, "points() lists the exact ring");
+    let mut keys = vec![0, 1, u64::MAX - 1, u64::MAX];
+    for &(p, _) in &reference {
+        keys.extend([p.wrapping_sub(1), p, p.wrapping_add(1)]);
+    }
+    let shift = 64 - ring.bits;
+    for b in 0..(1u64 << ring.bits) {
+        keys.extend([(b << shift).wrapping_sub(1), b << shift]);
+    }
+    for k in keys {
+        assert_eq!(
+            ring.owner(k).map(|b| b.index()),
+            reference_owner(&members, 50, k),
+            "key {k:#x}"
+        );
+    }
+}
+
+#[test]
+fn twelve_bytes_a_point_or_less_at_1000_by_160() {
+    let members: Vec<(String, u32)> = (0..1000).map(|i| (format!("app-{i}"), 1)).collect();
+    let ring = ring_of(&members, 160);
+    assert_eq!(ring.len(), 160_000);
+    let per_point = ring.memory_bytes() as f64 / ring.len() as f64;
+    assert!(per_point <= 12.0, "{per_point} bytes a point");
+}
+
+#[test]
+fn ids_beyond_the_packing_limit_are_refused() {
+    let m = [Member {
+        id: BackendId(MAX_ID + 1),
+        name: "x",
+        weight: 1,
+    }];
+    assert_eq!(
+        Ring::build(&m, 1).unwrap_err(),
+        RingError::IdTooLarge(MAX_ID + 1)
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn agrees_with_the_reference_next_to_points(members in members_strategy(), picks in prop::collection::vec((any::<prop::sample::Index>(), -2i64..=2), 40)) {
+        let ring = ring_of(&members, 8);
+        let reference = reference_points(&members, 8);
+        prop_assume!(!reference.is_empty());
+        for (pick, delta) in picks {
+            let k = reference[pick.index(reference.len())].0.wrapping_add_signed(delta);
+            prop_assert_eq!(ring.owner(k).map(|b| b.index()), reference_owner(&members, 8, k));
+        }
+    }
 
     #[test]
     fn agrees_with_the_linear_reference(members in members_strategy(), keys in prop::collection::vec(any::<u64>(), 50)) {
