@@ -1,7 +1,6 @@
 //! Header rewriting between client and backend: hop-by-hop removal (RFC 9110 §7.6.1,
 //! including names listed in `Connection`) and `X-Forwarded-*`. Pure `HeaderMap` functions.
 
-use std::io::Write;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -88,29 +87,32 @@ pub fn join_cookies(headers: &mut HeaderMap) {
     }
 }
 
-/// Appends the client to `X-Forwarded-For` (joining earlier values into one header) and
-/// sets `X-Forwarded-Proto` and `X-Forwarded-Host`, replacing what the client sent.
+/// The client's IP as an `X-Forwarded-For` element; made once per connection.
+pub fn forwarded_for(client: IpAddr) -> HeaderValue {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(client.to_string()))
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown")) // an IP is always valid
+}
+
+/// Appends the client (`forwarded_for`) to `X-Forwarded-For`, joining earlier values
+/// into one header, and sets `X-Forwarded-Proto` and `X-Forwarded-Host`, replacing what
+/// the client sent.
 pub fn add_forwarded(
     headers: &mut HeaderMap,
-    client: IpAddr,
+    client: &HeaderValue,
     proto: &'static str,
     host: Option<HeaderValue>,
 ) {
-    let mut buf = [0u8; 512];
-    let mut cur = std::io::Cursor::new(&mut buf[..]);
-    let mut spill = Vec::new();
     let mut earlier = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
     let value = if earlier.peek().is_none() {
-        let _ = write!(cur, "{client}"); // an IP always fits in 512 bytes
-        let n = cur.position() as usize;
-        HeaderValue::from_bytes(&buf[..n])
+        Ok(client.clone()) // shares the connection's bytes: no formatting per request
     } else {
+        let mut joined = Vec::new();
         for v in earlier {
-            spill.extend_from_slice(v.as_bytes());
-            spill.extend_from_slice(b", ");
+            joined.extend_from_slice(v.as_bytes());
+            joined.extend_from_slice(b", ");
         }
-        let _ = write!(spill, "{client}");
-        HeaderValue::from_bytes(&spill)
+        joined.extend_from_slice(client.as_bytes());
+        HeaderValue::from_bytes(&joined)
     };
     if let Ok(v) = value {
         headers.insert(X_FORWARDED_FOR.clone(), v);
@@ -165,7 +167,7 @@ mod tests {
         ]);
         add_forwarded(
             &mut h,
-            "10.0.0.9".parse().unwrap(),
+            &forwarded_for("10.0.0.9".parse().unwrap()),
             "http",
             Some(HeaderValue::from_static("a.test")),
         );
@@ -175,7 +177,7 @@ mod tests {
         assert_eq!(h["x-forwarded-host"], "a.test");
 
         let mut fresh = HeaderMap::new();
-        add_forwarded(&mut fresh, "::1".parse().unwrap(), "http", None);
+        add_forwarded(&mut fresh, &forwarded_for("::1".parse().unwrap()), "http", None);
         assert_eq!(fresh["x-forwarded-for"], "::1");
         assert!(!fresh.contains_key("x-forwarded-host"));
     }

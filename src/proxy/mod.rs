@@ -36,6 +36,8 @@ pub struct ConnContext {
     pub live: Arc<Live>,
     /// The client's address.
     pub peer: SocketAddr,
+    /// The client's IP as an `X-Forwarded-For` value, formatted once per connection.
+    pub forwarded_for: HeaderValue,
     /// What the open connection holds (its place under `limits.max_connections`, its
     /// count in `ringlb_client_connections`); a WebSocket tunnel keeps it after the
     /// HTTP exchange is over.
@@ -120,7 +122,7 @@ async fn forward(
             parts.headers.insert(header::HOST, h.clone());
         }
     }
-    headers::add_forwarded(&mut parts.headers, peer.ip(), ctx.proto, host);
+    headers::add_forwarded(&mut parts.headers, &ctx.forwarded_for, ctx.proto, host);
     to_origin_form(&mut parts.uri);
     parts.version = Version::HTTP_11;
     // A bodiless idempotent request can be sent again if its backend dies before

@@ -374,6 +374,7 @@ async fn connection(
     let ctx = |proto| ConnContext {
         live,
         peer,
+        forwarded_for: crate::proxy::headers::forwarded_for(peer.ip()),
         slot,
         tasks,
         proto,
