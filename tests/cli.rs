@@ -396,3 +396,48 @@ fn diff_reports_the_exact_share_of_keys_a_change_moves() {
     let bad = ringlb(&["diff", old.to_str().unwrap(), "/nonexistent.yaml"]);
     assert_eq!(bad.status.code(), Some(1));
 }
+
+/// `workers: 1` runs the proxy on the current thread; it must still serve HTTP/1.1
+/// and h2c, reload on SIGHUP (a blocking-pool build) and drain on SIGTERM.
+#[tokio::test]
+async fn one_worker_serves_both_protocols_reloads_and_drains() {
+    let a = TestBackend::spawn("a").await;
+    let b = TestBackend::spawn("b").await;
+    let extra = "workers: 1\n";
+    let path = write_config("one-worker", &yaml_for(&[("a", a.addr, 1)], extra));
+    let (mut child, addr) = start(&path, &[]);
+    let h1 = client();
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    for i in 0..20 {
+        let url: hyper::Uri = format!("http://{addr}/k/{i}").parse().unwrap();
+        let r1 = reply(h1.get(url.clone()).await.unwrap()).await;
+        let r2 = reply(h2.get(url).await.unwrap()).await;
+        assert_eq!((r1.status.as_u16(), r1.body.as_str()), (200, "a"));
+        assert_eq!((r2.status.as_u16(), r2.body.as_str()), (200, "a"));
+    }
+    std::fs::write(&path, yaml_for(&[("b", b.addr, 1)], extra)).unwrap();
+    signal(&child, "-HUP");
+    wait_until(Duration::from_secs(10), "the reload to reach b", || async {
+        let url = format!("http://{addr}/k/1").parse().unwrap();
+        reply(h1.get(url).await.unwrap()).await.body == "b"
+    })
+    .await;
+    let before = b.hits();
+    let in_flight = spawn_get(format!("http://{addr}/slow?ms=800"));
+    wait_until(
+        Duration::from_secs(5),
+        "the slow request to arrive",
+        || async { b.hits() > before },
+    )
+    .await;
+    signal(&child, "-TERM");
+    let done = in_flight.await.unwrap();
+    assert_eq!((done.status.as_u16(), done.body.as_str()), (200, "b"));
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}

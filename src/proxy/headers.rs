@@ -177,7 +177,12 @@ mod tests {
         assert_eq!(h["x-forwarded-host"], "a.test");
 
         let mut fresh = HeaderMap::new();
-        add_forwarded(&mut fresh, &forwarded_for("::1".parse().unwrap()), "http", None);
+        add_forwarded(
+            &mut fresh,
+            &forwarded_for("::1".parse().unwrap()),
+            "http",
+            None,
+        );
         assert_eq!(fresh["x-forwarded-for"], "::1");
         assert!(!fresh.contains_key("x-forwarded-host"));
     }
