@@ -397,7 +397,7 @@ fn diff_reports_the_exact_share_of_keys_a_change_moves() {
     assert_eq!(bad.status.code(), Some(1));
 }
 
-/// `workers: 1` runs the proxy on the current thread; it must still serve HTTP/1.1
+/// The benchmarks' setting, `workers: 1`: one runtime thread must still serve HTTP/1.1
 /// and h2c, reload on SIGHUP (a blocking-pool build) and drain on SIGTERM.
 #[tokio::test]
 async fn one_worker_serves_both_protocols_reloads_and_drains() {
