@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
-use crate::ring::BackendId;
 use crate::snapshot::Snapshot;
 
 /// The key space before and after a change.
@@ -31,8 +30,25 @@ pub struct KeyDiff {
 /// Compares the owners of every arc of the key space under `old` and `new`, in one
 /// linear merge of the two rings' sorted points.
 pub fn diff(old: &Snapshot, new: &Snapshot) -> KeyDiff {
-    let (oh, oo): (Vec<u64>, Vec<BackendId>) = old.ring.points().unzip();
-    let (nh, no): (Vec<u64>, Vec<BackendId>) = new.ring.points().unzip();
+    let (oh, oo) = old.ring.unpacked();
+    let (nh, no) = new.ring.unpacked();
+    // Each old backend's id in the new config when its identity stays, so the loop
+    // compares integers, not names and addresses, for each of its ~2n arcs.
+    let new_ids: HashMap<_, u32> = (0u32..)
+        .zip(&new.backends)
+        .map(|(i, b)| ((&*b.name, &b.address), i))
+        .collect();
+    let same_in_new: Vec<u32> = old
+        .backends
+        .iter()
+        .map(|b| {
+            new_ids
+                .get(&(&*b.name, &b.address))
+                .copied()
+                .unwrap_or(GONE)
+        })
+        .collect();
+    let kept = |from: u32| same_in_new.get(from as usize).copied().unwrap_or(NO_OWNER);
     // Arc lengths moved, by (old owner, new owner) index; u32::MAX is "no owner".
     let mut moved_by: HashMap<(u32, u32), u128> = HashMap::new();
     let last = oh.last().copied().max(nh.last().copied());
@@ -52,9 +68,9 @@ pub fn diff(old: &Snapshot, new: &Snapshot) -> KeyDiff {
             // From the last point, around zero, to the first.
             None => (u128::from(u64::MAX) - u128::from(last.unwrap_or(0))) + u128::from(b) + 1,
         };
-        let from = oo.get(i).or(oo.first()).map_or(u32::MAX, |id| id.0);
-        let to = no.get(j).or(no.first()).map_or(u32::MAX, |id| id.0);
-        if ident(old, from) != ident(new, to) {
+        let from = oo.get(i).or(oo.first()).map_or(NO_OWNER, |id| id.0);
+        let to = no.get(j).or(no.first()).map_or(NO_OWNER, |id| id.0);
+        if kept(from) != to {
             *moved_by.entry((from, to)).or_insert(0) += arc;
         }
         while oh.get(i) == Some(&b) {
@@ -134,13 +150,11 @@ fn name_of(snap: &Snapshot, id: u32) -> Option<&str> {
     snap.backends.get(id as usize).map(|b| &*b.name)
 }
 
-/// A backend's identity across configs: the name and the address, as a reload keeps
-/// a backend's state only when both stay.
-fn ident(snap: &Snapshot, id: u32) -> Option<(&str, &crate::config::Address)> {
-    snap.backends
-        .get(id as usize)
-        .map(|b| (&*b.name, &b.address))
-}
+/// "No owner" (every weight 0) on either side of the merge.
+const NO_OWNER: u32 = u32::MAX;
+/// An old backend whose identity (name and address: a reload keeps a backend's state
+/// only when both stay) is not in the new config; equals no new id.
+const GONE: u32 = u32::MAX - 1;
 
 impl KeyDiff {
     /// One line for logs: `+app-4 -app-2 ~app-3(1->2), 14.8% of keys moved`.

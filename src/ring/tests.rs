@@ -57,6 +57,7 @@ fn empty_and_drained_rings_own_nothing() {
     let ring = ring_of(&[("a".into(), 0)], 160);
     assert!(ring.is_empty());
     assert_eq!(ring.owner(42), None);
+    assert_eq!(ring.last_point(), None);
     assert_eq!(ring.failover(42).count(), 0);
 }
 
@@ -104,6 +105,7 @@ fn exact_at_and_beside_every_point_and_bucket_edge() {
     let reference = reference_points(&members, 50);
     let listed: Vec<(u64, usize)> = ring.points().map(|(h, o)| (h, o.index())).collect();
     assert_eq!(listed, reference, "points() lists the exact ring");
+    assert_eq!(ring.last_point(), listed.last().map(|p| p.0));
     let mut keys = vec![0, 1, u64::MAX - 1, u64::MAX];
     for &(p, _) in &reference {
         keys.extend([p.wrapping_sub(1), p, p.wrapping_add(1)]);
