@@ -481,13 +481,15 @@ struct Seen {
 
 impl Seen {
     fn insert(&mut self, id: u32) -> bool {
-        let inline = &self.inline[..self.len.min(8)];
-        if inline.contains(&id) || self.spill.contains(&id) {
-            return false;
-        }
         if self.len < 8 {
+            if self.inline[..self.len].contains(&id) {
+                return false;
+            }
             self.inline[self.len] = id;
         } else {
+            if self.inline.contains(&id) || self.spill.contains(&id) {
+                return false;
+            }
             self.spill.push(id);
         }
         self.len += 1;
