@@ -29,6 +29,9 @@ pub struct Snapshot {
     pub loaded_at: SystemTime,
     /// The process's metrics, handed from snapshot to snapshot.
     pub metrics: Arc<Metrics>,
+    /// `ring_fingerprint`, computed at its first use: hashing every point takes
+    /// milliseconds at 1,000 backends, and `/metrics` and `/status` ask on each scrape.
+    fingerprint: std::sync::OnceLock<u64>,
 }
 
 /// The live snapshot.
@@ -83,6 +86,7 @@ impl Snapshot {
             backends,
             loaded_at: SystemTime::now(),
             metrics,
+            fingerprint: std::sync::OnceLock::new(),
         })
     }
 
@@ -101,6 +105,8 @@ impl Snapshot {
 
     /// The ring's fingerprint: equal on every process that maps keys identically.
     pub fn ring_fingerprint(&self) -> u64 {
-        self.ring.fingerprint(|id| &self.backends[id.index()].name)
+        *self
+            .fingerprint
+            .get_or_init(|| self.ring.fingerprint(|id| &self.backends[id.index()].name))
     }
 }
