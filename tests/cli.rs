@@ -182,6 +182,18 @@ fn start_with(
     (child, addr)
 }
 
+/// SIGTERM: the request in flight still gets its answer `body`, then ringlb exits 0.
+async fn sigterm_drains(mut child: Child, in_flight: tokio::task::JoinHandle<Reply>, body: &str) {
+    signal(&child, "-TERM");
+    let done = in_flight.await.unwrap();
+    assert_eq!((done.status.as_u16(), done.body.as_str()), (200, body));
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
 fn signal(child: &Child, sig: &str) {
     let ok = Command::new("kill")
         .args([sig, &child.id().to_string()])
@@ -194,7 +206,7 @@ fn signal(child: &Child, sig: &str) {
 async fn sigterm_drains_the_request_in_flight_and_exits_0() {
     let a = TestBackend::spawn("a").await;
     let path = write_config("run", &yaml_with(&[&a]));
-    let (mut child, addr) = start(&path, &["--log-format", "json"]);
+    let (child, addr) = start(&path, &["--log-format", "json"]);
     let url = format!("http://{addr}/slow?ms=1500");
     let in_flight = spawn_get(url);
     wait_until(
@@ -203,14 +215,7 @@ async fn sigterm_drains_the_request_in_flight_and_exits_0() {
         || async { a.hits() == 1 },
     )
     .await;
-    signal(&child, "-TERM");
-    let done = in_flight.await.unwrap();
-    assert_eq!((done.status.as_u16(), done.body.as_str()), (200, "a"));
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    sigterm_drains(child, in_flight, "a").await;
 }
 
 #[tokio::test]
@@ -405,7 +410,7 @@ async fn one_worker_serves_both_protocols_reloads_and_drains() {
     let b = TestBackend::spawn("b").await;
     let extra = "workers: 1\n";
     let path = write_config("one-worker", &yaml_for(&[("a", a.addr, 1)], extra));
-    let (mut child, addr) = start(&path, &[]);
+    let (child, addr) = start(&path, &[]);
     let h1 = client();
     let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
@@ -432,12 +437,5 @@ async fn one_worker_serves_both_protocols_reloads_and_drains() {
         || async { b.hits() > before },
     )
     .await;
-    signal(&child, "-TERM");
-    let done = in_flight.await.unwrap();
-    assert_eq!((done.status.as_u16(), done.body.as_str()), (200, "b"));
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    sigterm_drains(child, in_flight, "b").await;
 }
