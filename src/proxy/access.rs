@@ -9,7 +9,6 @@ use std::time::Instant;
 use http::{Method, StatusCode, Uri};
 use tracing::{info, warn};
 
-use super::body::BodySent;
 use crate::backend::{BackendState, InFlight};
 use crate::metrics::ErrorKind;
 use crate::snapshot::Snapshot;
@@ -27,8 +26,8 @@ pub struct Trace {
     pub target: Option<InFlight>,
     /// The last backend given up on: who a 502 after every attempt is charged to.
     pub last: Option<Arc<BackendState>>,
-    /// The request body's progress, when it has one.
-    pub uploaded: Option<Arc<BodySent>>,
+    /// Request body bytes sent to the backend.
+    pub bytes_in: u64,
 }
 
 impl Trace {
@@ -95,6 +94,11 @@ impl Completion {
         self.bytes_out += n as u64;
     }
 
+    /// Counts request body bytes sent while the response streamed.
+    pub fn uploaded(&mut self, n: u64) {
+        self.trace.bytes_in += n;
+    }
+
     /// The backend's body failed midway: the client got a truncated answer.
     pub fn aborted(&mut self) {
         self.aborted = true;
@@ -134,7 +138,7 @@ impl Drop for Completion {
                 backend = backend.map_or("-", |b| &b.name),
                 attempts = u64::from(self.trace.attempts),
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
-                bytes_in = self.trace.uploaded.as_ref().map_or(0, |u| u.bytes()),
+                bytes_in = self.trace.bytes_in,
                 bytes_out = self.bytes_out,
                 complete = !self.aborted,
             );

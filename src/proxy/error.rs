@@ -45,9 +45,9 @@ pub enum ProxyError {
     Upstream {
         /// The backend.
         backend: Arc<str>,
-        /// hyper's error.
+        /// What went wrong on the connection.
         #[source]
-        source: hyper::Error,
+        source: crate::upstream::UpstreamError,
     },
     /// No response headers within `timeouts.response`.
     #[error("{backend} sent no response headers within {after:?}")]

@@ -23,10 +23,10 @@ use tracing::{debug, warn};
 use crate::backend::BackendState;
 use crate::metrics::ErrorKind;
 use crate::snapshot::{Live, Snapshot};
-use crate::upstream::ConnectError;
+use crate::upstream::{Conn, ConnectError, RequestHead, SendError, Sent, UpstreamBody};
 
 use access::{Completion, RequestLine, Trace};
-use body::{ClientBody, ClientBodyError, ProxyBody, UpstreamBody};
+use body::ProxyBody;
 pub use error::ProxyError;
 
 /// The client connection a request arrived on, shared by its requests.
@@ -125,16 +125,14 @@ async fn forward(
     headers::add_forwarded(&mut parts.headers, &ctx.forwarded_for, ctx.proto, host);
     to_origin_form(&mut parts.uri);
     parts.version = Version::HTTP_11;
+    let mut body = (!http_body::Body::is_end_stream(&body)).then_some(body);
     // A bodiless idempotent request can be sent again if its backend dies before
-    // answering (nginx's `proxy_next_upstream error`): keep its head for that.
-    let replay = (snap.config.retries > 0
+    // answering (nginx's `proxy_next_upstream error`): its head is rewritten from
+    // `parts` for each attempt, so keeping it costs nothing.
+    let replayable = snap.config.retries > 0
         && upgrade.is_none()
-        && http_body::Body::is_end_stream(&body)
-        && is_replayable(&parts.method))
-    .then(|| parts.clone());
-    let body = ClientBody::new(body);
-    trace.uploaded = body.sent();
-    let mut req = Some(Request::from_parts(parts, body));
+        && body.is_none()
+        && is_replayable(&parts.method);
 
     let config = &snap.config;
     let max_attempts = config.retries.saturating_add(1);
@@ -165,43 +163,43 @@ async fn forward(
         }
         let backend = snap.backend(id);
         trace.target = Some(backend.start_request());
-        let outgoing = match (req.take(), &replay) {
-            (Some(r), _) => r,
-            (None, Some(head)) => Request::from_parts(head.clone(), ClientBody::empty()),
-            (None, None) => break,
-        };
-        match send(backend, outgoing, &config.timeouts).await {
-            Attempt::Response(mut res, sender) => {
-                if matches!(res.status().as_u16(), 502..=504) {
-                    record_failure(backend, config, res.status());
+        match attempt(backend, &parts, &mut body, &config.timeouts).await {
+            Ok((mut sent, conn)) => {
+                trace.bytes_in += sent.uploaded;
+                let status = sent.head.status;
+                if matches!(status.as_u16(), 502..=504) {
+                    record_failure(backend, config, status);
                 } else {
                     backend.record_success();
                 }
+                let mut res = Response::new(ProxyBody::empty());
+                *res.status_mut() = status;
                 if let Some((client, _)) = upgrade {
-                    if res.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                        upgrade::tunnel(client, &mut res, backend.name.clone(), ctx);
-                        let (parts, _) = res.into_parts();
-                        return Ok(Response::from_parts(parts, ProxyBody::empty()));
+                    if status == http::StatusCode::SWITCHING_PROTOCOLS {
+                        upgrade::tunnel(client, conn, backend.name.clone(), ctx);
+                        *res.headers_mut() = sent.head.headers;
+                        return Ok(res);
                     }
                 }
-                let (mut parts, body) = res.into_parts();
-                headers::remove_hop_by_hop(&mut parts.headers);
-                let body = UpstreamBody::new(body, Some((backend.clone(), sender)));
-                return Ok(Response::from_parts(parts, ProxyBody::upstream(body)));
+                let body = UpstreamBody::new(conn, &mut sent, backend.clone());
+                let mut headers = sent.head.headers;
+                headers::remove_hop_by_hop(&mut headers);
+                *res.headers_mut() = headers;
+                *res.body_mut() = ProxyBody::upstream(body);
+                return Ok(res);
             }
-            Attempt::Unsent(back, source) => {
+            Err(Failure::Unsent(source)) => {
                 trace.moved_on();
                 backend.metrics.error(ErrorKind::Connect);
                 record_failure(backend, config, &source);
                 debug!(backend = %backend.name, error = %source, "not sent, trying the next backend");
-                req = Some(back);
                 last = Some(ProxyError::ConnectFailed {
                     backend: backend.name.clone(),
                     attempts,
                     source,
                 });
             }
-            Attempt::Failed(e) => {
+            Err(Failure::Failed(e)) => {
                 match e {
                     ProxyError::Timeout { .. } => backend.metrics.error(ErrorKind::Timeout),
                     ProxyError::Upstream { .. } => backend.metrics.error(ErrorKind::Reset),
@@ -211,7 +209,7 @@ async fn forward(
                     record_failure(backend, config, &e);
                 }
                 match e {
-                    ProxyError::Upstream { .. } if replay.is_some() => {
+                    ProxyError::Upstream { .. } if replayable => {
                         trace.moved_on();
                         debug!(backend = %backend.name, error = %e, "no answer to a safe request, trying the next backend");
                         last = Some(e);
@@ -253,78 +251,57 @@ fn record_failure(
     }
 }
 
-/// How one attempt on one backend ended.
-enum Attempt {
-    Response(Response<Incoming>, crate::upstream::Sender),
-    /// The backend cannot have seen the request; it comes back for the next backend.
-    Unsent(Request<ClientBody>, ConnectError),
+/// How one attempt on one backend failed.
+enum Failure {
+    /// The backend cannot have seen the request; the next backend may get it.
+    Unsent(ConnectError),
     Failed(ProxyError),
 }
 
-async fn send(
+/// One attempt on `backend`: a pooled or new connection, the exchange, the answer's
+/// head. A pooled connection that turns out stale before the head is written is
+/// replaced by another, as the backend never saw the request.
+async fn attempt(
     backend: &Arc<BackendState>,
-    mut req: Request<ClientBody>,
+    parts: &http::request::Parts,
+    body: &mut Option<Incoming>,
     t: &crate::config::Timeouts,
-) -> Attempt {
+) -> Result<(Sent, Conn), Failure> {
     loop {
-        let (mut sender, reused) = match backend
+        let mut conn = backend
             .pool
             .checkout(&backend.address, backend.tls.as_deref(), t.connect)
             .await
-        {
-            Ok(c) => c,
-            Err(e) => return Attempt::Unsent(req, e),
+            .map_err(Failure::Unsent)?;
+        // HTTP/1.0 clients may omit Host; HTTP/1.1 backends require one (as nginx's $proxy_host).
+        let host = (!parts.headers.contains_key(header::HOST)).then_some(&backend.address);
+        let head = RequestHead {
+            method: &parts.method,
+            target: parts.uri.path_and_query().map_or("/", PathAndQuery::as_str),
+            headers: &parts.headers,
+            host,
         };
-        if !req.headers().contains_key(header::HOST) {
-            // HTTP/1.0 clients may omit Host; HTTP/1.1 backends require one (as nginx's $proxy_host).
-            if let Ok(v) = HeaderValue::from_str(&backend.address.to_string()) {
-                req.headers_mut().insert(header::HOST, v);
-            }
-        }
-        // timeouts.response counts from the end of the upload, as Envoy's route timeout.
-        let uploaded = req.body().sent();
-        let deadline = async {
-            if let Some(u) = &uploaded {
-                u.wait().await;
-            }
-            tokio::time::sleep(t.response).await;
+        let name = || backend.name.clone();
+        return match crate::upstream::send(&mut conn, head, body, t.response).await {
+            Ok(sent) => Ok((sent, conn)),
+            Err(SendError::Unsent(_)) if conn.reused() => continue,
+            Err(SendError::Unsent(source)) => Err(Failure::Unsent(ConnectError::Io {
+                address: backend.address.to_string(),
+                source,
+            })),
+            Err(SendError::Timeout) => Err(Failure::Failed(ProxyError::Timeout {
+                backend: name(),
+                after: t.response,
+            })),
+            Err(SendError::ClientBody(source)) => Err(Failure::Failed(ProxyError::ClientBody {
+                backend: name(),
+                source,
+            })),
+            Err(SendError::Upstream(source)) => Err(Failure::Failed(ProxyError::Upstream {
+                backend: name(),
+                source,
+            })),
         };
-        let exchange = tokio::select! {
-            r = sender.try_send_request(req) => Ok(r),
-            () = deadline => Err(()),
-        };
-        match exchange {
-            Ok(Ok(res)) => return Attempt::Response(res, sender),
-            Err(()) => {
-                return Attempt::Failed(ProxyError::Timeout {
-                    backend: backend.name.clone(),
-                    after: t.response,
-                })
-            }
-            Ok(Err(mut e)) => match e.take_message() {
-                // Not written: a pooled connection went stale between checks; take another.
-                Some(back) if reused => req = back,
-                Some(back) => {
-                    let source = std::io::Error::other(e.into_error());
-                    return Attempt::Unsent(
-                        back,
-                        ConnectError::Io {
-                            address: backend.address.to_string(),
-                            source,
-                        },
-                    );
-                }
-                None => {
-                    let source = e.into_error();
-                    let backend = backend.name.clone();
-                    return Attempt::Failed(if ClientBodyError::is_cause_of(&source) {
-                        ProxyError::ClientBody { backend, source }
-                    } else {
-                        ProxyError::Upstream { backend, source }
-                    });
-                }
-            },
-        }
     }
 }
 

@@ -3,9 +3,11 @@
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tracing::debug;
 
 use super::ConnContext;
+use crate::upstream::Conn;
 
 /// True when an HTTP/1.1 request asks to switch protocols.
 pub fn is_requested(parts: &http::request::Parts) -> bool {
@@ -14,26 +16,29 @@ pub fn is_requested(parts: &http::request::Parts) -> bool {
         && super::headers::connection_has(&parts.headers, "upgrade")
 }
 
-/// Joins the two upgraded connections in a task of the connection's tracker, holding
-/// the connection's slot under `limits.max_connections` until the tunnel closes.
-pub fn tunnel(
-    client: OnUpgrade,
-    backend: &mut http::Response<hyper::body::Incoming>,
-    name: std::sync::Arc<str>,
-    ctx: &ConnContext,
-) {
-    let backend = hyper::upgrade::on(backend);
+/// Joins the client's upgraded connection to `backend` (which answered 101) in a task
+/// of the connection's tracker, holding the connection's slot under
+/// `limits.max_connections` until the tunnel closes.
+pub fn tunnel(client: OnUpgrade, backend: Conn, name: std::sync::Arc<str>, ctx: &ConnContext) {
     let slot = ctx.slot.clone();
     ctx.tasks.spawn(async move {
         let _slot = slot;
-        let (client, backend) = match tokio::try_join!(client, backend) {
-            Ok(pair) => pair,
+        let client = match client.await {
+            Ok(c) => c,
             Err(e) => {
                 debug!(backend = %name, error = %e, "upgrade failed");
                 return;
             }
         };
-        let (mut c, mut b) = (TokioIo::new(client), TokioIo::new(backend));
+        let (mut b, early) = backend.into_parts();
+        let mut c = TokioIo::new(client);
+        // Bytes the backend sent right behind its 101 belong to the client first.
+        if !early.is_empty() {
+            if let Err(e) = c.write_all(&early).await {
+                debug!(backend = %name, error = %e, "tunnel ended");
+                return;
+            }
+        }
         match tokio::io::copy_bidirectional(&mut c, &mut b).await {
             Ok((up, down)) => debug!(backend = %name, up, down, "tunnel closed"),
             Err(e) => debug!(backend = %name, error = %e, "tunnel ended"),

@@ -1,0 +1,510 @@
+//! One request/response exchange on a backend connection, driven by the request's task:
+//! the head written whole, the body streamed (watching for an early answer), the
+//! response head read within `timeouts.response`, then the body as an `http_body::Body`
+//! that returns the connection to its pool at the end of the message.
+
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap};
+use http::{Method, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::io::poll_read_buf;
+
+use super::codec::{self, Chunked, Decoded, Framing, Malformed, ResponseHead};
+use super::{Conn, Stream};
+use crate::backend::BackendState;
+
+/// Read buffer room made before reading a response head.
+const HEAD_READ: usize = 4096;
+/// Read buffer room made before reading body bytes.
+const BODY_READ: usize = 16 * 1024;
+/// How long the rest of an upload may take once the backend's answer has ended before
+/// the connection is closed instead of reused.
+const FINISH_UPLOAD: Duration = Duration::from_secs(10);
+
+/// Why an exchange failed after the request head went out.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// Reading or writing the connection failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The backend closed the connection before a response head.
+    #[error("connection closed before a response")]
+    Closed,
+    /// The backend closed the connection before the end of the response body.
+    #[error("connection closed before the end of the response body")]
+    Truncated,
+    /// The backend's bytes are not HTTP/1.1.
+    #[error(transparent)]
+    Malformed(#[from] Malformed),
+}
+
+/// How an exchange failed.
+#[derive(Debug)]
+pub enum SendError {
+    /// The request head could not be written whole: the backend cannot have acted on it.
+    Unsent(io::Error),
+    /// The client's body failed while being streamed up.
+    ClientBody(hyper::Error),
+    /// The exchange failed after the head was written.
+    Upstream(UpstreamError),
+    /// No response head within `timeouts.response` of the end of the upload.
+    Timeout,
+}
+
+/// The request as it goes to the backend.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead<'a> {
+    /// The method.
+    pub method: &'a Method,
+    /// Path and query (origin form).
+    pub target: &'a str,
+    /// The header fields, already rewritten for the backend.
+    pub headers: &'a HeaderMap,
+    /// A Host to add when `headers` has none.
+    pub host: Option<&'a crate::config::Address>,
+}
+
+/// A response head, and whether the connection stays usable after its body.
+#[derive(Debug)]
+pub struct Sent {
+    /// The backend's response head.
+    pub head: ResponseHead,
+    /// The rest of the upload when the backend answered before its end.
+    pub upload: Option<Box<Upload>>,
+    /// Request body bytes sent so far.
+    pub uploaded: u64,
+}
+
+/// Sends `req` (with the request's body, when it has one) on `conn` and reads the
+/// answer's head. The body stays in `body` unless the backend answers before the upload
+/// ends: then the rest of the upload goes with the answer (`Sent::upload`), to be sent
+/// while the response streams down (full duplex, as HAProxy and Envoy do).
+///
+/// # Errors
+/// `SendError`, telling whether the backend can have seen the request.
+pub async fn send(
+    conn: &mut Conn,
+    req: RequestHead<'_>,
+    body: &mut Option<Incoming>,
+    response: Duration,
+) -> Result<Sent, SendError> {
+    // A body of unknown length (HTTP/1.1 chunked, HTTP/2 without content-length) is
+    // sent chunked.
+    let chunked = body.is_some() && !req.headers.contains_key(header::CONTENT_LENGTH);
+    conn.wbuf.clear();
+    codec::write_request_head(
+        &mut conn.wbuf,
+        req.method,
+        req.target,
+        req.headers,
+        req.host.map(|h| h as &dyn std::fmt::Display),
+        chunked,
+    );
+    let head_request = req.method == Method::HEAD;
+    // Until the head is out whole, the backend cannot have acted on the request.
+    let written = async {
+        conn.io.write_all(&conn.wbuf).await?;
+        conn.io.flush().await
+    };
+    written.await.map_err(SendError::Unsent)?;
+    let mut uploaded = 0;
+    if let Some(b) = body.take() {
+        let mut up = Upload::new(b, chunked);
+        let early = poll_fn(|cx| {
+            let Conn { io, rbuf, .. } = &mut *conn;
+            // An answer before the end of the upload (e.g. 413, or a streaming reply).
+            if let Some(head) = poll_early_head(io, rbuf, head_request, cx)? {
+                return Poll::Ready(Ok(Some(head)));
+            }
+            up.poll(io, cx).map_ok(|()| None)
+        })
+        .await;
+        uploaded = up.take_sent();
+        match early {
+            Ok(Some(head)) => {
+                return Ok(Sent {
+                    head,
+                    upload: Some(Box::new(up)),
+                    uploaded,
+                })
+            }
+            Ok(None) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // timeouts.response counts from the end of the upload, as Envoy's route timeout.
+    let head = tokio::time::timeout(response, read_head(conn, head_request))
+        .await
+        .map_err(|_| SendError::Timeout)?
+        .map_err(SendError::Upstream)?;
+    Ok(Sent {
+        head,
+        upload: None,
+        uploaded,
+    })
+}
+
+/// Reads what the backend has sent during an upload: a complete final head, or nothing
+/// yet. A backend that closes mid-upload has failed the exchange.
+fn poll_early_head(
+    io: &mut Stream,
+    rbuf: &mut BytesMut,
+    head_request: bool,
+    cx: &mut Context<'_>,
+) -> Result<Option<ResponseHead>, SendError> {
+    loop {
+        make_room(rbuf, HEAD_READ);
+        match poll_read_buf(Pin::new(&mut *io), cx, rbuf) {
+            Poll::Pending => return Ok(None),
+            Poll::Ready(Ok(0)) => return Err(SendError::Upstream(UpstreamError::Closed)),
+            Poll::Ready(Ok(_)) => {
+                if let Some(head) =
+                    final_head(rbuf, head_request).map_err(|e| SendError::Upstream(e.into()))?
+                {
+                    return Ok(Some(head));
+                }
+            }
+            Poll::Ready(Err(e)) => return Err(SendError::Upstream(e.into())),
+        }
+    }
+}
+
+/// Parses a final (non-1xx, or 101) response head from `rbuf`, dropping interim ones.
+fn final_head(rbuf: &mut BytesMut, head_request: bool) -> Result<Option<ResponseHead>, Malformed> {
+    while !rbuf.is_empty() {
+        match codec::parse_response(rbuf, head_request)? {
+            Some(h)
+                if h.status.is_informational() && h.status != StatusCode::SWITCHING_PROTOCOLS => {}
+            other => return Ok(other),
+        }
+    }
+    Ok(None)
+}
+
+fn make_room(rbuf: &mut BytesMut, want: usize) {
+    if rbuf.capacity() - rbuf.len() < want / 4 {
+        rbuf.reserve(want);
+    }
+}
+
+async fn read_head(conn: &mut Conn, head_request: bool) -> Result<ResponseHead, UpstreamError> {
+    loop {
+        if let Some(head) = final_head(&mut conn.rbuf, head_request)? {
+            return Ok(head);
+        }
+        make_room(&mut conn.rbuf, HEAD_READ);
+        if conn.io.read_buf(&mut conn.rbuf).await? == 0 {
+            return Err(if conn.rbuf.is_empty() {
+                UpstreamError::Closed
+            } else {
+                UpstreamError::Truncated
+            });
+        }
+    }
+}
+
+/// Bytes on their way up: a chunk-size line, the data, and the CRLF after it.
+#[derive(Debug)]
+struct Out {
+    prefix: [u8; 20],
+    prefix_len: usize,
+    data: Bytes,
+    suffix: &'static [u8],
+    pos: usize,
+}
+
+impl Out {
+    fn new(data: Bytes, chunked: bool) -> Self {
+        let mut out = Out {
+            prefix: [0; 20],
+            prefix_len: 0,
+            data,
+            suffix: if chunked { b"\r\n" } else { b"" },
+            pos: 0,
+        };
+        if chunked {
+            use std::io::Write;
+            let mut cursor = io::Cursor::new(&mut out.prefix[..]);
+            // 16 hex digits and CRLF fit in 20 bytes.
+            let _ = write!(cursor, "{:x}\r\n", out.data.len());
+            out.prefix_len = usize::try_from(cursor.position()).unwrap_or(0);
+        }
+        out
+    }
+
+    fn last_chunk() -> Self {
+        Out {
+            prefix: [0; 20],
+            prefix_len: 0,
+            data: Bytes::from_static(b"0\r\n\r\n"),
+            suffix: b"",
+            pos: 0,
+        }
+    }
+
+    fn poll_write(&mut self, io: &mut Stream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let (p, d) = (self.prefix_len, self.data.len());
+            let pos = self.pos;
+            let slices = [
+                IoSlice::new(&self.prefix[pos.min(p)..p]),
+                IoSlice::new(&self.data[pos.saturating_sub(p).min(d)..]),
+                IoSlice::new(&self.suffix[pos.saturating_sub(p + d).min(self.suffix.len())..]),
+            ];
+            if slices.iter().all(|s| s.is_empty()) {
+                return Poll::Ready(Ok(()));
+            }
+            let n = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.pos += n;
+        }
+    }
+}
+
+/// The client's body on its way up, driven by whoever holds the connection: the
+/// exchange until an answer arrives, then the response body, then (if the answer ended
+/// first) a task of its own bounded by `FINISH_UPLOAD`.
+#[derive(Debug)]
+pub struct Upload {
+    body: Incoming,
+    out: Option<Out>,
+    chunked: bool,
+    ended: bool,
+    /// Body bytes handed to the connection and not yet reported.
+    sent: u64,
+}
+
+impl Upload {
+    fn new(body: Incoming, chunked: bool) -> Self {
+        Upload {
+            body,
+            out: None,
+            chunked,
+            ended: false,
+            sent: 0,
+        }
+    }
+
+    /// Body bytes sent since the last call.
+    fn take_sent(&mut self) -> u64 {
+        std::mem::take(&mut self.sent)
+    }
+
+    /// Moves the upload on; ready when the whole body is written and flushed.
+    fn poll(&mut self, io: &mut Stream, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        loop {
+            if let Some(o) = self.out.as_mut() {
+                ready!(o.poll_write(io, cx)).map_err(|e| SendError::Upstream(e.into()))?;
+                self.out = None;
+            }
+            if self.ended {
+                ready!(Pin::new(&mut *io).poll_flush(cx))
+                    .map_err(|e| SendError::Upstream(e.into()))?;
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    // Trailers have no place in an HTTP/1.1 request without TE: trailers.
+                    if let Ok(data) = frame.into_data() {
+                        if !data.is_empty() {
+                            self.sent += data.len() as u64;
+                            self.out = Some(Out::new(data, self.chunked));
+                        }
+                    }
+                }
+                Some(Err(e)) => return Poll::Ready(Err(SendError::ClientBody(e))),
+                None => {
+                    self.ended = true;
+                    if self.chunked {
+                        self.out = Some(Out::last_chunk());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A backend's response body, read from its connection as the client takes it; the
+/// connection goes back to the backend's pool when the message ends cleanly.
+#[derive(Debug)]
+pub struct UpstreamBody {
+    conn: Option<Conn>,
+    state: State,
+    /// The connection may serve another request after this message.
+    reusable: bool,
+    /// The rest of an upload the backend answered before its end.
+    upload: Option<Box<Upload>>,
+    /// Request body bytes sent while the response streamed, not yet reported.
+    uploaded: u64,
+    backend: Arc<BackendState>,
+}
+
+#[derive(Debug)]
+enum State {
+    Length(u64),
+    Chunked(Chunked),
+    Close,
+    Done,
+}
+
+impl UpstreamBody {
+    /// The body of `sent`'s response, read from `conn` (which also carries the rest of
+    /// an unfinished upload); the connection returns to `backend`'s pool at the end.
+    pub fn new(conn: Conn, sent: &mut Sent, backend: Arc<BackendState>) -> Self {
+        let head = &sent.head;
+        let state = match head.framing {
+            Framing::Empty => State::Done,
+            Framing::Length(n) => State::Length(n),
+            Framing::Chunked => State::Chunked(Chunked::default()),
+            Framing::Close => State::Close,
+        };
+        let mut body = UpstreamBody {
+            conn: Some(conn),
+            state,
+            reusable: head.keep_alive,
+            upload: sent.upload.take(),
+            uploaded: 0,
+            backend,
+        };
+        if matches!(body.state, State::Done) {
+            body.finish();
+        }
+        body
+    }
+
+    /// Request body bytes sent since the last call (an upload that outlives the answer).
+    pub fn take_uploaded(&mut self) -> u64 {
+        std::mem::take(&mut self.uploaded)
+    }
+
+    /// Drives an unfinished upload along with the response.
+    fn drive_upload(&mut self, cx: &mut Context<'_>) {
+        let (Some(up), Some(conn)) = (self.upload.as_mut(), self.conn.as_mut()) else {
+            return;
+        };
+        let polled = up.poll(&mut conn.io, cx);
+        self.uploaded += up.take_sent();
+        if let Poll::Ready(r) = polled {
+            // A broken upload leaves the connection mid-message.
+            self.reusable &= r.is_ok();
+            self.upload = None;
+        }
+    }
+
+    /// The message ended: the connection goes back to the pool if it is at a message
+    /// boundary. An upload still running finishes first, in a task of its own.
+    fn finish(&mut self) {
+        self.state = State::Done;
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        if !self.reusable || !conn.rbuf.is_empty() {
+            return;
+        }
+        match self.upload.take() {
+            None => self.backend.pool.checkin(conn),
+            Some(mut up) => {
+                let backend = self.backend.clone();
+                tokio::spawn(async move {
+                    let rest = poll_fn(|cx| up.poll(&mut conn.io, cx));
+                    if let Ok(Ok(())) = tokio::time::timeout(FINISH_UPLOAD, rest).await {
+                        backend.pool.checkin(conn);
+                    }
+                });
+            }
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = UpstreamError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+        let this = self.get_mut();
+        this.drive_upload(cx);
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let rbuf = &mut conn.rbuf;
+            let want = match &mut this.state {
+                State::Done => return Poll::Ready(None),
+                State::Length(n) => {
+                    if !rbuf.is_empty() {
+                        let take = usize::try_from(*n).map_or(rbuf.len(), |n| n.min(rbuf.len()));
+                        *n -= take as u64;
+                        let data = rbuf.split_to(take).freeze();
+                        if *n == 0 {
+                            this.finish();
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    usize::try_from(*n).map_or(BODY_READ, |n| n.clamp(1024, 2 * BODY_READ))
+                }
+                State::Chunked(dec) => match dec.decode(rbuf) {
+                    Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(Decoded::Done) => {
+                        this.finish();
+                        return Poll::Ready(None);
+                    }
+                    Ok(Decoded::NeedMore) => BODY_READ,
+                    Err(e) => {
+                        this.conn = None;
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                },
+                State::Close => {
+                    if !rbuf.is_empty() {
+                        let data = rbuf.split().freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    BODY_READ
+                }
+            };
+            make_room(rbuf, want);
+            match ready!(poll_read_buf(Pin::new(&mut conn.io), cx, rbuf)) {
+                Ok(0) if matches!(this.state, State::Close) => {
+                    this.reusable = false;
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(UpstreamError::Truncated)));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, State::Done | State::Length(0))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            State::Done => SizeHint::with_exact(0),
+            State::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
