@@ -93,35 +93,82 @@ pub fn forwarded_for(client: IpAddr) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("unknown")) // an IP is always valid
 }
 
-/// Appends the client (`forwarded_for`) to `X-Forwarded-For`, joining earlier values
-/// into one header, and sets `X-Forwarded-Proto` and `X-Forwarded-Host`, replacing what
+/// What the proxy adds to a request on its way to a backend.
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarding<'a> {
+    /// The client's address as an `X-Forwarded-For` element.
+    pub client: &'a [u8],
+    /// `http` or `https`, for `X-Forwarded-Proto`.
+    pub proto: &'static str,
+    /// The host the client addressed (Host, or HTTP/2's `:authority`): sent as
+    /// `X-Forwarded-Host`, and as Host when the request has none.
+    pub host: Option<&'a [u8]>,
+    /// The protocol an Upgrade request asks for; the tunnel needs both headers again.
+    pub upgrade: Option<&'a [u8]>,
+}
+
+/// Writes the header section a backend receives, one `name: value` line per field,
+/// straight from the client's `HeaderMap` (no map is changed or built): hop-by-hop
+/// fields and those `Connection` names are left out; Host is kept, or added from
+/// `fwd.host`, else from `fallback_host`; `X-Forwarded-For` gets the client appended to
+/// what it had, in one field; `X-Forwarded-Proto` and `X-Forwarded-Host` replace what
 /// the client sent.
-pub fn add_forwarded(
-    headers: &mut HeaderMap,
-    client: &HeaderValue,
-    proto: &'static str,
-    host: Option<HeaderValue>,
+pub fn write_upstream_fields(
+    out: &mut Vec<u8>,
+    headers: &HeaderMap,
+    fwd: &Forwarding<'_>,
+    fallback_host: Option<&dyn std::fmt::Display>,
 ) {
-    let mut earlier = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
-    let value = if earlier.peek().is_none() {
-        Ok(client.clone()) // shares the connection's bytes: no formatting per request
-    } else {
-        let mut joined = Vec::new();
-        for v in earlier {
-            joined.extend_from_slice(v.as_bytes());
-            joined.extend_from_slice(b", ");
+    let hop = hop_by_hop();
+    let has_connection = headers.contains_key(header::CONNECTION);
+    let (mut has_host, mut earlier_xff) = (false, false);
+    for (name, value) in headers {
+        if hop.contains(&name) || name == X_FORWARDED_PROTO || name == X_FORWARDED_HOST {
+            continue;
         }
-        joined.extend_from_slice(client.as_bytes());
-        HeaderValue::from_bytes(&joined)
-    };
-    if let Ok(v) = value {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+        if name == X_FORWARDED_FOR {
+            earlier_xff = true;
+            continue;
+        }
+        if has_connection && connection_has(headers, name.as_str()) {
+            continue;
+        }
+        has_host |= name == header::HOST;
+        field(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    match host {
-        Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h),
-        None => headers.remove(&X_FORWARDED_HOST),
-    };
+    if !has_host {
+        if let Some(h) = fwd.host {
+            field(out, b"host", h);
+        } else if let Some(h) = fallback_host {
+            use std::io::Write;
+            // Writing into a Vec cannot fail.
+            let _ = write!(out, "host: {h}\r\n");
+        }
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if earlier_xff {
+        for v in headers.get_all(&X_FORWARDED_FOR) {
+            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(b", ");
+        }
+    }
+    out.extend_from_slice(fwd.client);
+    out.extend_from_slice(b"\r\n");
+    field(out, b"x-forwarded-proto", fwd.proto.as_bytes());
+    if let Some(h) = fwd.host {
+        field(out, b"x-forwarded-host", h);
+    }
+    if let Some(p) = fwd.upgrade {
+        field(out, b"connection", b"upgrade");
+        field(out, b"upgrade", p);
+    }
+}
+
+fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]
@@ -158,33 +205,80 @@ mod tests {
         assert_eq!(left, ["x-kept", "host"]);
     }
 
+    fn upstream(h: &HeaderMap, fwd: &Forwarding<'_>, fallback: Option<&str>) -> String {
+        let mut out = Vec::new();
+        write_upstream_fields(
+            &mut out,
+            h,
+            fwd,
+            fallback.as_ref().map(|f| f as &dyn std::fmt::Display),
+        );
+        String::from_utf8(out).unwrap()
+    }
+
+    const FWD: Forwarding<'static> = Forwarding {
+        client: b"10.0.0.9",
+        proto: "http",
+        host: Some(b"a.test"),
+        upgrade: None,
+    };
+
     #[test]
-    fn forwarded_headers_append_and_replace() {
-        let mut h = map(&[
+    fn upstream_fields_drop_hop_by_hop_and_rewrite_forwarding() {
+        let h = map(&[
+            ("host", "a.test"),
+            ("connection", "keep-alive, X-Secret"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("x-secret", "s"),
             ("x-forwarded-for", "1.1.1.1"),
             ("x-forwarded-for", "2.2.2.2, 3.3.3.3"),
             ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.test"),
+            ("x-kept", "k"),
         ]);
-        add_forwarded(
-            &mut h,
-            &forwarded_for("10.0.0.9".parse().unwrap()),
-            "http",
-            Some(HeaderValue::from_static("a.test")),
+        assert_eq!(
+            upstream(&h, &FWD, Some("10.1.1.1:80")),
+            "host: a.test\r\nx-kept: k\r\n\
+             x-forwarded-for: 1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9\r\n\
+             x-forwarded-proto: http\r\nx-forwarded-host: a.test\r\n"
         );
-        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
-        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9");
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-host"], "a.test");
+    }
 
-        let mut fresh = HeaderMap::new();
-        add_forwarded(
-            &mut fresh,
-            &forwarded_for("::1".parse().unwrap()),
-            "http",
-            None,
+    #[test]
+    fn upstream_fields_add_host_and_upgrade() {
+        let h2 = Forwarding {
+            host: Some(b"h2.test"),
+            ..FWD
+        };
+        assert_eq!(
+            upstream(&HeaderMap::new(), &h2, None),
+            "host: h2.test\r\nx-forwarded-for: 10.0.0.9\r\n\
+             x-forwarded-proto: http\r\nx-forwarded-host: h2.test\r\n"
         );
-        assert_eq!(fresh["x-forwarded-for"], "::1");
-        assert!(!fresh.contains_key("x-forwarded-host"));
+        let http10 = Forwarding {
+            host: None,
+            client: b"::1",
+            ..FWD
+        };
+        assert_eq!(
+            upstream(&HeaderMap::new(), &http10, Some("10.1.1.1:80")),
+            "host: 10.1.1.1:80\r\nx-forwarded-for: ::1\r\nx-forwarded-proto: http\r\n"
+        );
+        let ws = Forwarding {
+            upgrade: Some(b"websocket"),
+            ..FWD
+        };
+        let h = map(&[
+            ("host", "a.test"),
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        assert_eq!(
+            upstream(&h, &ws, None),
+            "host: a.test\r\nx-forwarded-for: 10.0.0.9\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-host: a.test\r\nconnection: upgrade\r\nupgrade: websocket\r\n"
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ use tracing::{debug, warn};
 use crate::backend::BackendState;
 use crate::metrics::ErrorKind;
 use crate::snapshot::{Live, Snapshot};
-use crate::upstream::{Conn, ConnectError, RequestHead, SendError, Sent, UpstreamBody};
+use crate::upstream::{codec, Conn, ConnectError, SendError, Sent, UpstreamBody};
 
 use access::{Completion, RequestLine, Trace};
 use body::ProxyBody;
@@ -109,23 +109,33 @@ async fn forward(
     } else {
         None
     };
-    headers::remove_hop_by_hop(&mut parts.headers);
-    if let Some((_, protocol)) = &upgrade {
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        parts.headers.insert(header::UPGRADE, protocol.clone());
-    }
-    if !parts.headers.contains_key(header::HOST) {
-        // HTTP/2 carries the host as :authority; HTTP/1.1 backends need it as Host.
-        if let Some(h) = &host {
-            parts.headers.insert(header::HOST, h.clone());
-        }
-    }
-    headers::add_forwarded(&mut parts.headers, &ctx.forwarded_for, ctx.proto, host);
     to_origin_form(&mut parts.uri);
     parts.version = Version::HTTP_11;
     let mut body = (!http_body::Body::is_end_stream(&body)).then_some(body);
+    let fwd = headers::Forwarding {
+        client: ctx.forwarded_for.as_bytes(),
+        proto: ctx.proto,
+        host: host.as_ref().map(HeaderValue::as_bytes),
+        upgrade: upgrade.as_ref().map(|(_, p)| p.as_bytes()),
+    };
+    // A body of unknown length (HTTP/1.1 chunked, HTTP/2 without content-length) is
+    // sent chunked.
+    let chunked = body.is_some() && !parts.headers.contains_key(header::CONTENT_LENGTH);
+    // Written once; again per backend only for a request with no host at all (HTTP/1.0),
+    // which gets the backend's address as Host.
+    let per_backend = host.is_none() && !parts.headers.contains_key(header::HOST);
+    let write_head = |out: &mut Vec<u8>, backend: Option<&crate::config::Address>| {
+        out.clear();
+        let target = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+        codec::write_request_head(out, &parts.method, target, chunked, |out| {
+            let fallback = backend.map(|a| a as &dyn std::fmt::Display);
+            headers::write_upstream_fields(out, &parts.headers, &fwd, fallback);
+        });
+    };
+    let mut head = Vec::with_capacity(512);
+    if !per_backend {
+        write_head(&mut head, None);
+    }
     // A bodiless idempotent request can be sent again if its backend dies before
     // answering (nginx's `proxy_next_upstream error`): its head is rewritten from
     // `parts` for each attempt, so keeping it costs nothing.
@@ -163,7 +173,15 @@ async fn forward(
         }
         let backend = snap.backend(id);
         trace.target = Some(backend.start_request());
-        match attempt(backend, &parts, &mut body, &config.timeouts).await {
+        if per_backend {
+            write_head(&mut head, Some(&backend.address));
+        }
+        let req = Outgoing {
+            head: &head,
+            head_request: parts.method == Method::HEAD,
+            chunked,
+        };
+        match attempt(backend, req, &mut body, &config.timeouts).await {
             Ok((mut sent, conn)) => {
                 trace.bytes_in += sent.uploaded;
                 let status = sent.head.status;
@@ -258,12 +276,20 @@ enum Failure {
     Failed(ProxyError),
 }
 
+/// A request head ready for the wire.
+#[derive(Clone, Copy)]
+struct Outgoing<'a> {
+    head: &'a [u8],
+    head_request: bool,
+    chunked: bool,
+}
+
 /// One attempt on `backend`: a pooled or new connection, the exchange, the answer's
 /// head. A pooled connection that turns out stale before the head is written is
 /// replaced by another, as the backend never saw the request.
 async fn attempt(
     backend: &Arc<BackendState>,
-    parts: &http::request::Parts,
+    req: Outgoing<'_>,
     body: &mut Option<Incoming>,
     t: &crate::config::Timeouts,
 ) -> Result<(Sent, Conn), Failure> {
@@ -273,16 +299,17 @@ async fn attempt(
             .checkout(&backend.address, backend.tls.as_deref(), t.connect)
             .await
             .map_err(Failure::Unsent)?;
-        // HTTP/1.0 clients may omit Host; HTTP/1.1 backends require one (as nginx's $proxy_host).
-        let host = (!parts.headers.contains_key(header::HOST)).then_some(&backend.address);
-        let head = RequestHead {
-            method: &parts.method,
-            target: parts.uri.path_and_query().map_or("/", PathAndQuery::as_str),
-            headers: &parts.headers,
-            host,
-        };
         let name = || backend.name.clone();
-        return match crate::upstream::send(&mut conn, head, body, t.response).await {
+        let sent = crate::upstream::send(
+            &mut conn,
+            req.head,
+            req.head_request,
+            req.chunked,
+            body,
+            t.response,
+        )
+        .await;
+        return match sent {
             Ok(sent) => Ok((sent, conn)),
             Err(SendError::Unsent(_)) if conn.reused() => continue,
             Err(SendError::Unsent(source)) => Err(Failure::Unsent(ConnectError::Io {

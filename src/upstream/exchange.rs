@@ -11,8 +11,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap};
-use http::{Method, StatusCode};
+use http::StatusCode;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -60,19 +59,6 @@ pub enum SendError {
     Timeout,
 }
 
-/// The request as it goes to the backend.
-#[derive(Debug, Clone, Copy)]
-pub struct RequestHead<'a> {
-    /// The method.
-    pub method: &'a Method,
-    /// Path and query (origin form).
-    pub target: &'a str,
-    /// The header fields, already rewritten for the backend.
-    pub headers: &'a HeaderMap,
-    /// A Host to add when `headers` has none.
-    pub host: Option<&'a crate::config::Address>,
-}
-
 /// A response head, and whether the connection stays usable after its body.
 #[derive(Debug)]
 pub struct Sent {
@@ -84,8 +70,9 @@ pub struct Sent {
     pub uploaded: u64,
 }
 
-/// Sends `req` (with the request's body, when it has one) on `conn` and reads the
-/// answer's head. The body stays in `body` unless the backend answers before the upload
+/// Sends the request `head` (written by `codec::write_request_head`; `chunked` if it
+/// says so) and the request's body, when it has one, on `conn`, and reads the answer's
+/// head. The body stays in `body` unless the backend answers before the upload
 /// ends: then the rest of the upload goes with the answer (`Sent::upload`), to be sent
 /// while the response streams down (full duplex, as HAProxy and Envoy do).
 ///
@@ -93,26 +80,15 @@ pub struct Sent {
 /// `SendError`, telling whether the backend can have seen the request.
 pub async fn send(
     conn: &mut Conn,
-    req: RequestHead<'_>,
+    head: &[u8],
+    head_request: bool,
+    chunked: bool,
     body: &mut Option<Incoming>,
     response: Duration,
 ) -> Result<Sent, SendError> {
-    // A body of unknown length (HTTP/1.1 chunked, HTTP/2 without content-length) is
-    // sent chunked.
-    let chunked = body.is_some() && !req.headers.contains_key(header::CONTENT_LENGTH);
-    conn.wbuf.clear();
-    codec::write_request_head(
-        &mut conn.wbuf,
-        req.method,
-        req.target,
-        req.headers,
-        req.host.map(|h| h as &dyn std::fmt::Display),
-        chunked,
-    );
-    let head_request = req.method == Method::HEAD;
     // Until the head is out whole, the backend cannot have acted on the request.
     let written = async {
-        conn.io.write_all(&conn.wbuf).await?;
+        conn.io.write_all(head).await?;
         conn.io.flush().await
     };
     written.await.map_err(SendError::Unsent)?;

@@ -19,15 +19,11 @@ use tokio::net::TcpStream;
 use crate::config::Address;
 use crate::tls::BackendTls;
 
-pub use exchange::{send, RequestHead, SendError, Sent, UpstreamBody, UpstreamError};
+pub use exchange::{send, SendError, Sent, Upload, UpstreamBody, UpstreamError};
 
 /// Idle connections kept per backend; more are closed when returned. Enough for a
 /// busy proxy's concurrency to one backend without holding sockets forever.
 pub const MAX_IDLE_PER_BACKEND: usize = 512;
-
-/// A write buffer kept by an idle connection is at most this large; a larger one (a big
-/// request head) is given back to the allocator.
-const KEEP_WRITE_BUFFER: usize = 4096;
 
 /// A byte stream to a backend.
 #[derive(Debug)]
@@ -103,8 +99,6 @@ pub struct Conn {
     /// Bytes read from the backend and not yet handed on. Empty while idle: an idle
     /// connection holds no read buffer.
     rbuf: BytesMut,
-    /// The request head being written; kept (small) across exchanges.
-    wbuf: Vec<u8>,
     /// It came from the pool: a failed write may only mean it went stale.
     reused: bool,
 }
@@ -114,7 +108,6 @@ impl Conn {
         Conn {
             io,
             rbuf: BytesMut::new(),
-            wbuf: Vec::new(),
             reused: false,
         }
     }
@@ -203,9 +196,6 @@ impl Pool {
     pub fn checkin(&self, mut conn: Conn) {
         // The read buffer's bytes may still be on their way to the client; let them go.
         conn.rbuf = BytesMut::new();
-        if conn.wbuf.capacity() > KEEP_WRITE_BUFFER {
-            conn.wbuf = Vec::new();
-        }
         if let Ok(mut idle) = self.idle.lock() {
             if idle.len() < MAX_IDLE_PER_BACKEND {
                 idle.push(conn);
