@@ -23,7 +23,7 @@ use tracing::{debug, warn};
 use crate::backend::BackendState;
 use crate::metrics::ErrorKind;
 use crate::snapshot::{Live, Snapshot};
-use crate::upstream::{codec, Conn, ConnectError, SendError, Sent, UpstreamBody};
+use crate::upstream::{codec, Conn, ConnectError, SendError, Sent, UpstreamBody, UpstreamError};
 
 use access::{Completion, RequestLine, Trace};
 use body::ProxyBody;
@@ -180,6 +180,7 @@ async fn forward(
             head: &head,
             head_request: parts.method == Method::HEAD,
             chunked,
+            replayable,
         };
         match attempt(backend, req, &mut body, &config.timeouts).await {
             Ok((mut sent, conn)) => {
@@ -282,6 +283,8 @@ struct Outgoing<'a> {
     head: &'a [u8],
     head_request: bool,
     chunked: bool,
+    /// A bodiless safe read: it may be sent again.
+    replayable: bool,
 }
 
 /// One attempt on `backend`: a pooled or new connection, the exchange, the answer's
@@ -312,6 +315,12 @@ async fn attempt(
         return match sent {
             Ok(sent) => Ok((sent, conn)),
             Err(SendError::Unsent(_)) if conn.reused() => continue,
+            // The backend closed an idle connection as the request went out (its
+            // keep-alive timeout): a safe read goes again on a fresh connection to the
+            // same backend, so the key stays where it lives (nginx does the same).
+            Err(SendError::Upstream(UpstreamError::Closed)) if conn.reused() && req.replayable => {
+                continue
+            }
             Err(SendError::Unsent(source)) => Err(Failure::Unsent(ConnectError::Io {
                 address: backend.address.to_string(),
                 source,

@@ -130,6 +130,7 @@ pub fn parse_response(
 
     let mut headers = HeaderMap::with_capacity(count);
     let mut length: Option<u64> = None;
+    let mut list_length = false;
     let mut chunked = false;
     let mut other_coding = false;
     let mut close = minor == 0;
@@ -140,6 +141,7 @@ pub fn parse_response(
             .map_err(|_| Malformed::Head(httparse::Error::HeaderValue))?;
         if name == header::CONTENT_LENGTH {
             let n = parse_length(value.as_bytes())?;
+            list_length |= length.is_some() || value.as_bytes().contains(&b',');
             if length.is_some_and(|l| l != n) {
                 return Err(Malformed::ContentLength);
             }
@@ -162,6 +164,14 @@ pub fn parse_response(
             }
         }
         headers.append(name, value);
+    }
+    if chunked || other_coding {
+        // Transfer-Encoding overrides Content-Length, and a proxy must not pass the
+        // overridden one on (RFC 9112 §6.3).
+        headers.remove(header::CONTENT_LENGTH);
+    } else if let Some(n) = length.filter(|_| list_length) {
+        // `Content-Length: 5, 5` goes on as one value (RFC 9110 §8.6).
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
     let framing = if head_request
         || status.is_informational()
@@ -422,6 +432,30 @@ mod tests {
             framing("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false),
             Framing::Empty
         );
+    }
+
+    #[test]
+    fn content_length_goes_on_only_when_it_frames_the_body() {
+        let cl = |text: &str| {
+            let head = parse(text, false).0.unwrap().unwrap();
+            let values: Vec<String> = head
+                .headers
+                .get_all("content-length")
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect();
+            values
+        };
+        assert!(
+            cl("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n")
+                .is_empty()
+        );
+        assert_eq!(cl("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n"), ["5"]);
+        assert_eq!(
+            cl("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"),
+            ["5"]
+        );
+        assert_eq!(cl("HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n"), ["7"]);
     }
 
     #[test]
