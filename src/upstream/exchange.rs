@@ -22,7 +22,7 @@ use super::{Conn, Stream};
 use crate::backend::BackendState;
 
 /// Read buffer room made before reading a response head.
-const HEAD_READ: usize = 4096;
+const HEAD_READ: usize = 2048;
 /// Read buffer room made before reading body bytes.
 const BODY_READ: usize = 16 * 1024;
 /// How long the rest of an upload may take once the backend's answer has ended before

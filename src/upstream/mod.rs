@@ -179,7 +179,10 @@ impl Pool {
                 return Ok(conn);
             }
         }
-        let io = tokio::time::timeout(timeout, connect(address, tls))
+        // Boxed: a new connection is the rare path, and its future (a TLS handshake's
+        // state included) would otherwise make every request's future, which hyper
+        // copies into a box per request, kilobytes larger.
+        let io = Box::pin(tokio::time::timeout(timeout, connect(address, tls)))
             .await
             .map_err(|_| ConnectError::Timeout {
                 address: address.to_string(),
