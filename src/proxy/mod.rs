@@ -55,10 +55,12 @@ pub async fn handle(ctx: &ConnContext, req: Request<Incoming>) -> Response<Proxy
     let snap = ctx.live.load_full();
     let peer = ctx.peer;
     let version = req.version();
-    let line = snap.config.access_log.then(|| RequestLine {
-        peer,
-        method: req.method().clone(),
-        uri: req.uri().clone(),
+    let line = snap.config.access_log.then(|| {
+        Box::new(RequestLine {
+            peer,
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+        })
     });
     // Recorded even if the client leaves before the answer (the future is then dropped).
     let mut done = Completion::new(started, line, snap);
