@@ -1106,3 +1106,110 @@ async fn a_keep_alive_race_on_a_write_is_a_502_not_a_replay() {
     assert_eq!(backend.accepts(), 1);
     assert_eq!(backend.seen().len(), 2);
 }
+
+#[tokio::test]
+async fn a_connection_token_cannot_strip_the_request_framing() {
+    // `Connection: content-length` must not drop the body's length on the way up, or
+    // the backend reads the body as a second request (smuggling).
+    let backend = RawBackend::spawn(|req| Answer::keep(ok(&req.path))).await;
+    let proxy = backend.proxy("").await;
+    let smuggled = "GET /admin HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 127.0.0.1\r\n\r\n";
+    let raw = format!(
+        "POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\nConnection: content-length\r\n\r\n{smuggled}",
+        smuggled.len()
+    );
+    let mut c = RawClient::connect(proxy.addr).await;
+    bounded("write", c.0.stream.write_all(raw.as_bytes()))
+        .await
+        .expect("write the request");
+    let r = bounded("the answer", c.response(false)).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "/x"));
+    let next = c.request("GET", "/next").await;
+    assert_eq!(next.status, 200);
+    let seen = backend.seen();
+    let paths: Vec<_> = seen.iter().map(|s| s.path.as_str()).collect();
+    assert_eq!(paths, ["/x", "/next"], "no request was smuggled");
+    assert_eq!(seen[0].body, smuggled.as_bytes());
+    assert_eq!(
+        seen[0].header("content-length"),
+        [smuggled.len().to_string().as_str()]
+    );
+}
+
+#[tokio::test]
+async fn an_early_answer_does_not_wait_for_the_client_to_read_it() {
+    // The backend answers at once with a large body and keeps reading the upload; the
+    // client sends its whole (large) body before it reads anything. The upload must go
+    // on while nobody reads the answer, or both sides wait on each other for ever.
+    const SIZE: usize = 16 << 20;
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the backend");
+    let addr = listener.local_addr().expect("backend address");
+    let received = Arc::new(AtomicUsize::new(0));
+    let got = received.clone();
+    let server = tokio::spawn(async move {
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
+        let (mut r, mut w) = stream.into_split();
+        let drain = tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n) = r.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                got.fetch_add(n, Ordering::SeqCst);
+            }
+        });
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {SIZE}\r\n\r\n");
+        if w.write_all(head.as_bytes()).await.is_ok() {
+            let _ = w.write_all(&vec![b'd'; SIZE]).await;
+        }
+        let _ = drain.await;
+    });
+    let proxy = TestProxy::spawn(&yaml_for(&[("early", addr, 1)], "")).await;
+
+    let mut c = TcpStream::connect(proxy.addr).await.expect("connect");
+    let head = format!("POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: {SIZE}\r\n\r\n");
+    let upload = async {
+        c.write_all(head.as_bytes()).await?;
+        c.write_all(&vec![b'u'; SIZE]).await
+    };
+    tokio::time::timeout(Duration::from_secs(20), upload)
+        .await
+        .expect("the upload went through while the answer waited unread")
+        .expect("write the upload");
+    let mut answer = Vec::new();
+    let read = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = c.read(&mut buf).await?;
+            answer.extend_from_slice(&buf[..n]);
+            if n == 0 || answer.len() >= SIZE {
+                return Ok::<_, std::io::Error>(());
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("the answer arrives")
+        .expect("read the answer");
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        &answer[..20.min(answer.len())]
+    );
+    assert!(
+        answer.len() >= SIZE,
+        "the whole answer: {} bytes",
+        answer.len()
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the backend got the whole upload",
+        || async { received.load(Ordering::SeqCst) >= SIZE },
+    )
+    .await;
+    server.abort();
+}

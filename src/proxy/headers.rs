@@ -35,6 +35,13 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
+/// Fields a `Connection` token must not remove: the message's framing and target.
+/// `Connection: content-length` would otherwise send a body with no length to the
+/// backend, which would read it as the next request (smuggling).
+fn frames_the_message(name: &HeaderName) -> bool {
+    name == header::CONTENT_LENGTH || name == header::HOST
+}
+
 /// True when a `Connection` header lists `token` (case-insensitive).
 pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token))
@@ -66,6 +73,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
                     .any(|s| t.eq_ignore_ascii_case(s))
             })
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .filter(|n| !frames_the_message(n))
             .collect()
     } else {
         Vec::new()
@@ -137,7 +145,7 @@ pub fn write_upstream_fields(
             earlier_xff = true;
             continue;
         }
-        if has_connection && connection_has(headers, name.as_str()) {
+        if has_connection && !frames_the_message(name) && connection_has(headers, name.as_str()) {
             continue;
         }
         has_host |= name == header::HOST;
@@ -250,6 +258,25 @@ mod tests {
              x-forwarded-for: 1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9\r\n\
              x-forwarded-proto: http\r\nx-forwarded-host: a.test\r\n"
         );
+    }
+
+    #[test]
+    fn connection_cannot_remove_framing_or_host() {
+        let h = map(&[
+            ("host", "a.test"),
+            ("content-length", "44"),
+            ("connection", "content-length, host, x-gone"),
+            ("x-gone", "1"),
+        ]);
+        assert_eq!(
+            upstream(&h, &FWD, None),
+            "host: a.test\r\ncontent-length: 44\r\nx-forwarded-for: 10.0.0.9\r\n\
+             x-forwarded-proto: http\r\nx-forwarded-host: a.test\r\n"
+        );
+        let mut h = h;
+        remove_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["host", "content-length"]);
     }
 
     #[test]

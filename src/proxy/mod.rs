@@ -103,7 +103,9 @@ async fn forward(
     }
     let hash = crate::key::hash(&parts, peer.ip(), &snap.config.hash.key);
 
-    let upgrade = if upgrade::is_requested(&parts) {
+    // An upgrade request with a body is served as a plain request (its Upgrade is
+    // hop-by-hop and dropped): a tunnel would start before the body was through.
+    let upgrade = if upgrade::is_requested(&parts) && http_body::Body::is_end_stream(&body) {
         parts
             .extensions
             .remove::<OnUpgrade>()
@@ -298,10 +300,12 @@ async fn attempt(
     body: &mut Option<Incoming>,
     t: &crate::config::Timeouts,
 ) -> Result<(Sent, Conn), Failure> {
+    // Set after a keep-alive race: the one free retry goes on a new connection.
+    let mut fresh = false;
     loop {
         let mut conn = backend
             .pool
-            .checkout(&backend.address, backend.tls.as_deref(), t.connect)
+            .checkout(&backend.address, backend.tls.as_deref(), t.connect, fresh)
             .await
             .map_err(Failure::Unsent)?;
         let name = || backend.name.clone();
@@ -318,10 +322,13 @@ async fn attempt(
             Ok(sent) => Ok((sent, conn)),
             Err(SendError::Unsent(_)) if conn.reused() => continue,
             // The backend closed an idle connection as the request went out (its
-            // keep-alive timeout): a safe read goes again on a fresh connection to the
-            // same backend, so the key stays where it lives (nginx does the same).
-            Err(SendError::Upstream(UpstreamError::Closed)) if conn.reused() && req.replayable => {
-                continue
+            // keep-alive timeout): a safe read goes again, once, on a new connection to
+            // the same backend, so the key stays where it lives (nginx does the same).
+            Err(SendError::Upstream(UpstreamError::Closed))
+                if conn.reused() && req.replayable && !fresh =>
+            {
+                fresh = true;
+                continue;
             }
             Err(SendError::Unsent(source)) => Err(Failure::Unsent(ConnectError::Io {
                 address: backend.address.to_string(),

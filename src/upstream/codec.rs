@@ -147,11 +147,16 @@ pub fn parse_response(
             }
             length = Some(n);
         } else if name == header::TRANSFER_ENCODING {
-            // Only the last coding decides (RFC 9112 §6.3).
-            if let Some(last) = value.as_bytes().rsplit(|&b| b == b',').next() {
-                let last = last.trim_ascii();
+            // Only the last coding decides (RFC 9112 §6.3); empty list elements do not
+            // count (RFC 9110 §5.6.1).
+            let last = value
+                .as_bytes()
+                .rsplit(|&b| b == b',')
+                .map(<[u8]>::trim_ascii)
+                .find(|c| !c.is_empty());
+            if let Some(last) = last {
                 chunked = last.eq_ignore_ascii_case(b"chunked");
-                other_coding = !chunked && !last.is_empty();
+                other_coding = !chunked;
             }
         } else if name == header::CONNECTION {
             for token in value.as_bytes().split(|&b| b == b',') {
@@ -456,6 +461,16 @@ mod tests {
             ["5"]
         );
         assert_eq!(cl("HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n"), ["7"]);
+    }
+
+    #[test]
+    fn empty_transfer_coding_elements_do_not_cancel_chunked() {
+        let text = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked,\r\nTransfer-Encoding: \r\n\
+                    Content-Length: 3\r\n\r\n";
+        assert_eq!(
+            parse(text, false).0.unwrap().unwrap().framing,
+            Framing::Chunked
+        );
     }
 
     #[test]

@@ -14,7 +14,8 @@ use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf};
 use tokio_util::io::poll_read_buf;
 
 use super::codec::{self, Chunked, Decoded, Framing, Malformed, ResponseHead};
@@ -25,9 +26,6 @@ use crate::backend::BackendState;
 const HEAD_READ: usize = 2048;
 /// Read buffer room made before reading body bytes.
 const BODY_READ: usize = 16 * 1024;
-/// How long the rest of an upload may take once the backend's answer has ended before
-/// the connection is closed instead of reused.
-const FINISH_UPLOAD: Duration = Duration::from_secs(10);
 
 /// Why an exchange failed after the request head went out.
 #[derive(Debug, thiserror::Error)]
@@ -86,12 +84,16 @@ pub async fn send(
     body: &mut Option<Incoming>,
     response: Duration,
 ) -> Result<Sent, SendError> {
-    // Until the head is out whole, the backend cannot have acted on the request.
+    // Until the head is out whole, the backend cannot have acted on the request. A
+    // backend that stops reading gets timeouts.response to take it.
     let written = async {
         conn.io.write_all(head).await?;
         conn.io.flush().await
     };
-    written.await.map_err(SendError::Unsent)?;
+    tokio::time::timeout(response, written)
+        .await
+        .map_err(|_| SendError::Timeout)?
+        .map_err(SendError::Unsent)?;
     let mut uploaded = 0;
     if let Some(b) = body.take() {
         let mut up = Upload::new(b, chunked);
@@ -227,7 +229,10 @@ impl Out {
         }
     }
 
-    fn poll_write(&mut self, io: &mut Stream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_write<W>(&mut self, io: &mut W, cx: &mut Context<'_>) -> Poll<io::Result<()>>
+    where
+        W: AsyncWrite + Unpin,
+    {
         loop {
             let (p, d) = (self.prefix_len, self.data.len());
             let pos = self.pos;
@@ -248,9 +253,9 @@ impl Out {
     }
 }
 
-/// The client's body on its way up, driven by whoever holds the connection: the
-/// exchange until an answer arrives, then the response body, then (if the answer ended
-/// first) a task of its own bounded by `FINISH_UPLOAD`.
+/// The client's body on its way up: driven by the exchange until an answer arrives,
+/// then, if the backend answered first, by a task of its own on the connection's write
+/// half, so the upload never waits for the client to read the answer.
 #[derive(Debug)]
 pub struct Upload {
     body: Incoming,
@@ -278,7 +283,10 @@ impl Upload {
     }
 
     /// Moves the upload on; ready when the whole body is written and flushed.
-    fn poll(&mut self, io: &mut Stream, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+    fn poll<W>(&mut self, io: &mut W, cx: &mut Context<'_>) -> Poll<Result<(), SendError>>
+    where
+        W: AsyncWrite + Unpin,
+    {
         loop {
             if let Some(o) = self.out.as_mut() {
                 ready!(o.poll_write(io, cx)).map_err(|e| SendError::Upstream(e.into()))?;
@@ -315,15 +323,32 @@ impl Upload {
 /// connection goes back to the backend's pool when the message ends cleanly.
 #[derive(Debug)]
 pub struct UpstreamBody {
-    conn: Option<Conn>,
+    io: Option<Reader>,
     state: State,
     /// The connection may serve another request after this message.
     reusable: bool,
-    /// The rest of an upload the backend answered before its end.
-    upload: Option<Box<Upload>>,
-    /// Request body bytes sent while the response streamed, not yet reported.
-    uploaded: u64,
+    /// Bytes sent by an upload that outlives the answer's head, not yet reported.
+    uploaded: Option<Arc<AtomicU64>>,
     backend: Arc<BackendState>,
+}
+
+/// Where the body is read from.
+#[derive(Debug)]
+enum Reader {
+    /// The whole connection, which may go back to the pool at the end.
+    Whole(Conn),
+    /// The read half, while an upload the backend answered early runs on the write
+    /// half; the connection closes after this exchange.
+    Half(ReadHalf<Stream>, BytesMut),
+}
+
+impl Reader {
+    fn parts(&mut self) -> (&mut (dyn AsyncRead + Unpin + Send), &mut BytesMut) {
+        match self {
+            Reader::Whole(c) => (&mut c.io, &mut c.rbuf),
+            Reader::Half(r, b) => (r, b),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -335,8 +360,9 @@ enum State {
 }
 
 impl UpstreamBody {
-    /// The body of `sent`'s response, read from `conn` (which also carries the rest of
-    /// an unfinished upload); the connection returns to `backend`'s pool at the end.
+    /// The body of `sent`'s response, read from `conn`; the connection returns to
+    /// `backend`'s pool at the end. The rest of an early-answered upload goes on in a
+    /// task of its own, on the connection's write half.
     pub fn new(conn: Conn, sent: &mut Sent, backend: Arc<BackendState>) -> Self {
         let head = &sent.head;
         let state = match head.framing {
@@ -345,12 +371,31 @@ impl UpstreamBody {
             Framing::Chunked => State::Chunked(Chunked::default()),
             Framing::Close => State::Close,
         };
+        let (io, uploaded) = match sent.upload.take() {
+            None => (Reader::Whole(conn), None),
+            Some(mut up) => {
+                let (read, mut write) = tokio::io::split(conn.io);
+                let sent_bytes = Arc::new(AtomicU64::new(0));
+                let counter = sent_bytes.clone();
+                // Ends with the client's body (or its failure) or the backend's close.
+                tokio::spawn(async move {
+                    let rest = poll_fn(|cx| {
+                        let polled = up.poll(&mut write, cx);
+                        counter.fetch_add(up.take_sent(), Ordering::Relaxed);
+                        polled
+                    });
+                    if let Err(e) = rest.await {
+                        tracing::debug!(error = ?e, "upload after an early answer ended");
+                    }
+                });
+                (Reader::Half(read, conn.rbuf), Some(sent_bytes))
+            }
+        };
         let mut body = UpstreamBody {
-            conn: Some(conn),
+            io: Some(io),
             state,
             reusable: head.keep_alive,
-            upload: sent.upload.take(),
-            uploaded: 0,
+            uploaded,
             backend,
         };
         if matches!(body.state, State::Done) {
@@ -361,43 +406,18 @@ impl UpstreamBody {
 
     /// Request body bytes sent since the last call (an upload that outlives the answer).
     pub fn take_uploaded(&mut self) -> u64 {
-        std::mem::take(&mut self.uploaded)
+        self.uploaded
+            .as_ref()
+            .map_or(0, |n| n.swap(0, Ordering::Relaxed))
     }
 
-    /// Drives an unfinished upload along with the response.
-    fn drive_upload(&mut self, cx: &mut Context<'_>) {
-        let (Some(up), Some(conn)) = (self.upload.as_mut(), self.conn.as_mut()) else {
-            return;
-        };
-        let polled = up.poll(&mut conn.io, cx);
-        self.uploaded += up.take_sent();
-        if let Poll::Ready(r) = polled {
-            // A broken upload leaves the connection mid-message.
-            self.reusable &= r.is_ok();
-            self.upload = None;
-        }
-    }
-
-    /// The message ended: the connection goes back to the pool if it is at a message
-    /// boundary. An upload still running finishes first, in a task of its own.
+    /// The message ended: the connection goes back to the pool if it is whole and at a
+    /// message boundary.
     fn finish(&mut self) {
         self.state = State::Done;
-        let Some(mut conn) = self.conn.take() else {
-            return;
-        };
-        if !self.reusable || !conn.rbuf.is_empty() {
-            return;
-        }
-        match self.upload.take() {
-            None => self.backend.pool.checkin(conn),
-            Some(mut up) => {
-                let backend = self.backend.clone();
-                tokio::spawn(async move {
-                    let rest = poll_fn(|cx| up.poll(&mut conn.io, cx));
-                    if let Ok(Ok(())) = tokio::time::timeout(FINISH_UPLOAD, rest).await {
-                        backend.pool.checkin(conn);
-                    }
-                });
+        if let Some(Reader::Whole(conn)) = self.io.take() {
+            if self.reusable && conn.rbuf.is_empty() {
+                self.backend.pool.checkin(conn);
             }
         }
     }
@@ -412,12 +432,11 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         let this = self.get_mut();
-        this.drive_upload(cx);
         loop {
-            let Some(conn) = this.conn.as_mut() else {
+            let Some(reader) = this.io.as_mut() else {
                 return Poll::Ready(None);
             };
-            let rbuf = &mut conn.rbuf;
+            let (io, rbuf) = reader.parts();
             let want = match &mut this.state {
                 State::Done => return Poll::Ready(None),
                 State::Length(n) => {
@@ -440,7 +459,7 @@ impl Body for UpstreamBody {
                     }
                     Ok(Decoded::NeedMore) => BODY_READ,
                     Err(e) => {
-                        this.conn = None;
+                        this.io = None;
                         return Poll::Ready(Some(Err(e.into())));
                     }
                 },
@@ -453,19 +472,19 @@ impl Body for UpstreamBody {
                 }
             };
             make_room(rbuf, want);
-            match ready!(poll_read_buf(Pin::new(&mut conn.io), cx, rbuf)) {
+            match ready!(poll_read_buf(Pin::new(io), cx, rbuf)) {
                 Ok(0) if matches!(this.state, State::Close) => {
                     this.reusable = false;
                     this.finish();
                     return Poll::Ready(None);
                 }
                 Ok(0) => {
-                    this.conn = None;
+                    this.io = None;
                     return Poll::Ready(Some(Err(UpstreamError::Truncated)));
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    this.conn = None;
+                    this.io = None;
                     return Poll::Ready(Some(Err(e.into())));
                 }
             }

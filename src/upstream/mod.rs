@@ -163,7 +163,8 @@ pub enum ConnectError {
 }
 
 impl Pool {
-    /// A connection: an idle one if any is still open, else a new one.
+    /// A connection: an idle one if any is still open (unless `fresh` asks for a new
+    /// one), else a new one.
     ///
     /// # Errors
     /// `ConnectError` when a new connection cannot be made within `timeout`.
@@ -172,11 +173,14 @@ impl Pool {
         address: &Address,
         tls: Option<&BackendTls>,
         timeout: Duration,
+        fresh: bool,
     ) -> Result<Conn, ConnectError> {
-        while let Some(mut conn) = self.pop() {
-            if conn.is_open() {
-                conn.reused = true;
-                return Ok(conn);
+        if !fresh {
+            while let Some(mut conn) = self.pop() {
+                if conn.is_open() {
+                    conn.reused = true;
+                    return Ok(conn);
+                }
             }
         }
         // Boxed: a new connection is the rare path, and its future (a TLS handshake's
