@@ -8,9 +8,10 @@ mod exchange;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -24,6 +25,13 @@ pub use exchange::{send, SendError, Sent, Upload, UpstreamBody, UpstreamError};
 /// Idle connections kept per backend; more are closed when returned. Enough for a
 /// busy proxy's concurrency to one backend without holding sockets forever.
 pub const MAX_IDLE_PER_BACKEND: usize = 512;
+
+/// An idle connection unused this long is closed (nginx's upstream `keepalive_timeout`).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How often a pool closes the idle connections that timed out or that the backend
+/// has closed (which would otherwise sit in CLOSE_WAIT until reused).
+const REAP_EVERY: Duration = Duration::from_secs(5);
 
 /// A byte stream to a backend.
 #[derive(Debug)]
@@ -101,6 +109,8 @@ pub struct Conn {
     rbuf: BytesMut,
     /// It came from the pool: a failed write may only mean it went stale.
     reused: bool,
+    /// When it was last put back in the pool.
+    idle_since: Instant,
 }
 
 impl Conn {
@@ -109,6 +119,7 @@ impl Conn {
             io,
             rbuf: BytesMut::new(),
             reused: false,
+            idle_since: Instant::now(),
         }
     }
 
@@ -138,6 +149,16 @@ impl Conn {
 #[derive(Debug, Default)]
 pub struct Pool {
     idle: Mutex<Vec<Conn>>,
+    /// The reaper task has been started (on the first check-in).
+    reaping: AtomicBool,
+    /// Cancelled when the pool goes (its backend left the config): the reaper ends.
+    gone: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.gone.cancel();
+    }
 }
 
 /// Why no connection could be made; the request was not sent, so it may go elsewhere.
@@ -200,14 +221,53 @@ impl Pool {
     }
 
     /// Takes back a connection whose exchange ended cleanly at a message boundary.
-    pub fn checkin(&self, mut conn: Conn) {
+    pub fn checkin(self: &Arc<Self>, mut conn: Conn) {
         // The read buffer's bytes may still be on their way to the client; let them go.
         conn.rbuf = BytesMut::new();
+        conn.idle_since = Instant::now();
         if let Ok(mut idle) = self.idle.lock() {
             if idle.len() < MAX_IDLE_PER_BACKEND {
                 idle.push(conn);
             }
         }
+        if !self.reaping.load(Ordering::Relaxed) {
+            self.start_reaper();
+        }
+    }
+
+    /// Closes idle connections that timed out or that the backend has closed. Returns
+    /// how many are left.
+    pub fn reap(&self) -> usize {
+        let now = Instant::now();
+        let Ok(mut idle) = self.idle.lock() else {
+            return 0;
+        };
+        idle.retain_mut(|c| now.duration_since(c.idle_since) < IDLE_TIMEOUT && c.is_open());
+        idle.len()
+    }
+
+    /// One task per pool, ending with the pool (it holds only a weak reference, and
+    /// the pool's drop cancels it).
+    fn start_reaper(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.reaping.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let (pool, gone) = (Arc::downgrade(self), self.gone.clone());
+        runtime.spawn(async move {
+            let mut every = tokio::time::interval(REAP_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {}
+                    () = gone.cancelled() => break,
+                }
+                let Some(pool) = pool.upgrade() else { break };
+                pool.reap();
+            }
+        });
     }
 
     fn pop(&self) -> Option<Conn> {
@@ -247,4 +307,59 @@ async fn connect_any(addrs: impl Iterator<Item = SocketAddr>) -> io::Result<TcpS
         }
     }
     Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    async fn pooled(n: usize) -> (Arc<Pool>, Vec<TcpStream>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = Address::parse(&listener.local_addr().unwrap().to_string()).unwrap();
+        let pool = Arc::new(Pool::default());
+        let (mut conns, mut servers) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            // All checked out first: a checkout after a checkin would reuse one.
+            let fresh = pool.checkout(&addr, None, Duration::from_secs(2), true);
+            conns.push(fresh.await.unwrap());
+            servers.push(listener.accept().await.unwrap().0);
+        }
+        for conn in conns {
+            pool.checkin(conn);
+        }
+        (pool, servers)
+    }
+
+    #[tokio::test]
+    async fn connections_the_backend_closed_are_reaped_while_idle() {
+        let (pool, mut servers) = pooled(3).await;
+        assert_eq!(pool.reap(), 3, "open idle connections stay");
+        drop(servers.remove(0));
+        drop(servers.remove(0));
+        // The FIN reaches the proxy's socket; reaping notices it without a request.
+        let mut left = 3;
+        for _ in 0..100 {
+            left = pool.reap();
+            if left == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(left, 1, "closed connections are dropped, the open one kept");
+    }
+
+    #[tokio::test]
+    async fn idle_connections_time_out() {
+        let (pool, _servers) = pooled(2).await;
+        if let Ok(mut idle) = pool.idle.lock() {
+            let long_ago = Instant::now().checked_sub(IDLE_TIMEOUT + Duration::from_secs(1));
+            idle[0].idle_since = long_ago.unwrap_or_else(Instant::now);
+        }
+        assert_eq!(
+            pool.reap(),
+            1,
+            "the connection idle past IDLE_TIMEOUT is closed"
+        );
+    }
 }
