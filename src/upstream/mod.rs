@@ -8,10 +8,10 @@ mod exchange;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -32,6 +32,9 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often a pool closes the idle connections that timed out or that the backend
 /// has closed (which would otherwise sit in CLOSE_WAIT until reused).
 const REAP_EVERY: Duration = Duration::from_secs(5);
+
+/// `IDLE_TIMEOUT` in reaper ticks.
+const IDLE_TICKS: u32 = (IDLE_TIMEOUT.as_secs() / REAP_EVERY.as_secs()) as u32;
 
 /// A byte stream to a backend.
 #[derive(Debug)]
@@ -109,8 +112,9 @@ pub struct Conn {
     rbuf: BytesMut,
     /// It came from the pool: a failed write may only mean it went stale.
     reused: bool,
-    /// When it was last put back in the pool.
-    idle_since: Instant,
+    /// The pool's reaper tick when it was last put back: idle age without reading the
+    /// clock on the request path.
+    idle_since: u32,
 }
 
 impl Conn {
@@ -119,7 +123,7 @@ impl Conn {
             io,
             rbuf: BytesMut::new(),
             reused: false,
-            idle_since: Instant::now(),
+            idle_since: 0,
         }
     }
 
@@ -151,6 +155,8 @@ pub struct Pool {
     idle: Mutex<Vec<Conn>>,
     /// The reaper task has been started (on the first check-in).
     reaping: AtomicBool,
+    /// Reaper ticks so far, one every `REAP_EVERY`.
+    ticks: AtomicU32,
     /// Cancelled when the pool goes (its backend left the config): the reaper ends.
     gone: tokio_util::sync::CancellationToken,
 }
@@ -224,7 +230,7 @@ impl Pool {
     pub fn checkin(self: &Arc<Self>, mut conn: Conn) {
         // The read buffer's bytes may still be on their way to the client; let them go.
         conn.rbuf = BytesMut::new();
-        conn.idle_since = Instant::now();
+        conn.idle_since = self.ticks.load(Ordering::Relaxed);
         if let Ok(mut idle) = self.idle.lock() {
             if idle.len() < MAX_IDLE_PER_BACKEND {
                 idle.push(conn);
@@ -235,14 +241,14 @@ impl Pool {
         }
     }
 
-    /// Closes idle connections that timed out or that the backend has closed. Returns
-    /// how many are left.
+    /// One reaper tick: closes idle connections that timed out or that the backend has
+    /// closed. Returns how many are left.
     pub fn reap(&self) -> usize {
-        let now = Instant::now();
+        let now = self.ticks.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
         let Ok(mut idle) = self.idle.lock() else {
             return 0;
         };
-        idle.retain_mut(|c| now.duration_since(c.idle_since) < IDLE_TIMEOUT && c.is_open());
+        idle.retain_mut(|c| now.wrapping_sub(c.idle_since) < IDLE_TICKS && c.is_open());
         idle.len()
     }
 
@@ -339,12 +345,13 @@ mod tests {
         drop(servers.remove(0));
         // The FIN reaches the proxy's socket; reaping notices it without a request.
         let mut left = 3;
-        for _ in 0..100 {
+        // Fewer ticks than IDLE_TICKS, so the open one cannot time out meanwhile.
+        for _ in 0..IDLE_TICKS - 1 {
             left = pool.reap();
             if left == 1 {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(left, 1, "closed connections are dropped, the open one kept");
     }
@@ -352,9 +359,12 @@ mod tests {
     #[tokio::test]
     async fn idle_connections_time_out() {
         let (pool, _servers) = pooled(2).await;
+        // One connection is checked in again just before the timeout's last tick.
+        for _ in 0..IDLE_TICKS - 1 {
+            pool.reap();
+        }
         if let Ok(mut idle) = pool.idle.lock() {
-            let long_ago = Instant::now().checked_sub(IDLE_TIMEOUT + Duration::from_secs(1));
-            idle[0].idle_since = long_ago.unwrap_or_else(Instant::now);
+            idle[1].idle_since = pool.ticks.load(Ordering::Relaxed);
         }
         assert_eq!(
             pool.reap(),
