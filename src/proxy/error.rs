@@ -22,7 +22,7 @@ pub enum ProxyError {
     ClientBody {
         /// Where the body was going.
         backend: Arc<str>,
-        /// hyper's error, whose cause is the client body.
+        /// What hyper's server said of the client's body.
         #[source]
         source: hyper::Error,
     },

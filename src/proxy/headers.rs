@@ -11,28 +11,28 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// `X-Forwarded-Host`.
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-
 /// Headers that describe one connection, never the message (RFC 9110 §7.6.1).
-fn hop_by_hop() -> [&'static HeaderName; 6] {
-    [
-        &header::CONNECTION,
-        &PROXY_CONNECTION,
-        &KEEP_ALIVE,
-        &header::TE,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-    ]
+const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// True for a name of `HOP_BY_HOP`: string compares, where `HeaderName` comparisons
+/// cost ~50 instructions a field.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(&name.as_str())
 }
 
-/// True for a name of `hop_by_hop()`: one match on the (lowercase) name, where six
-/// `HeaderName` comparisons cost ~50 instructions a field.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection" | "proxy-connection" | "keep-alive" | "te" | "transfer-encoding" | "upgrade"
-    )
+/// True for a `Connection` token that may name a field to remove: not one of the
+/// options, which are hop-by-hop names themselves or `close`.
+fn names_a_field(token: &str) -> bool {
+    !["close", "keep-alive", "upgrade", "te"]
+        .iter()
+        .any(|s| token.eq_ignore_ascii_case(s))
 }
 
 /// Fields a `Connection` token must not remove: the message's framing and target.
@@ -67,11 +67,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Connection usually lists only standard tokens; collect names only when it does not.
     let listed: Vec<HeaderName> = if headers.contains_key(header::CONNECTION) {
         connection_tokens(headers)
-            .filter(|t| {
-                !["close", "keep-alive", "upgrade", "te"]
-                    .iter()
-                    .any(|s| t.eq_ignore_ascii_case(s))
-            })
+            .filter(|t| names_a_field(t))
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .filter(|n| !frames_the_message(n))
             .collect()
@@ -81,7 +77,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in listed {
         headers.remove(name);
     }
-    for name in hop_by_hop() {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
 }
@@ -135,7 +131,9 @@ pub fn write_upstream_fields(
     fwd: &Forwarding<'_>,
     fallback_host: Option<&dyn std::fmt::Display>,
 ) {
-    let has_connection = headers.contains_key(header::CONNECTION);
+    // Whether Connection names any field is decided once, not per field: most clients
+    // send only `keep-alive` or `close`.
+    let listed = connection_tokens(headers).any(names_a_field);
     let (mut has_host, mut earlier_xff) = (false, false);
     for (name, value) in headers {
         if is_hop_by_hop(name) || name == X_FORWARDED_PROTO || name == X_FORWARDED_HOST {
@@ -145,7 +143,7 @@ pub fn write_upstream_fields(
             earlier_xff = true;
             continue;
         }
-        if has_connection && !frames_the_message(name) && connection_has(headers, name.as_str()) {
+        if listed && !frames_the_message(name) && connection_has(headers, name.as_str()) {
             continue;
         }
         has_host |= name == header::HOST;

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Method, Request, Response, Uri, Version};
+use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
@@ -113,8 +113,6 @@ async fn forward(
     } else {
         None
     };
-    to_origin_form(&mut parts.uri);
-    parts.version = Version::HTTP_11;
     let mut body = (!http_body::Body::is_end_stream(&body)).then_some(body);
     let fwd = headers::Forwarding {
         client: ctx.forwarded_for.as_bytes(),
@@ -130,6 +128,7 @@ async fn forward(
     let per_backend = host.is_none() && !parts.headers.contains_key(header::HOST);
     let write_head = |out: &mut Vec<u8>, backend: Option<&crate::config::Address>| {
         out.clear();
+        // Origin form: path and query only, also for an absolute-form target.
         let target = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
         codec::write_request_head(out, &parts.method, target, chunked, |out| {
             let fallback = backend.map(|a| a as &dyn std::fmt::Display);
@@ -370,17 +369,4 @@ fn request_host(parts: &http::request::Parts) -> Result<Option<HeaderValue>, Pro
         }
         (None, None) => Ok(None),
     }
-}
-
-/// The request target as sent to an HTTP/1.1 origin: path and query only.
-fn to_origin_form(uri: &mut Uri) {
-    // Most requests are in origin form already: leave them untouched.
-    if uri.scheme().is_none() && uri.authority().is_none() {
-        return;
-    }
-    let pq = uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    *uri = Uri::from(pq);
 }

@@ -15,7 +15,7 @@ use http::StatusCode;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::sync::atomic::{AtomicU64, Ordering};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf};
 use tokio_util::io::poll_read_buf;
 
 use super::codec::{self, Chunked, Decoded, Framing, Malformed, ResponseHead};
@@ -100,27 +100,25 @@ pub async fn send(
         let early = poll_fn(|cx| {
             let Conn { io, rbuf, .. } = &mut *conn;
             // An answer before the end of the upload (e.g. 413, or a streaming reply).
-            if let Some(head) = poll_early_head(io, rbuf, head_request, cx)? {
-                return Poll::Ready(Ok(Some(head)));
+            if let Poll::Ready(head) = poll_head(io, rbuf, head_request, cx) {
+                return Poll::Ready(head.map(Some).map_err(SendError::Upstream));
             }
             up.poll(io, cx).map_ok(|()| None)
         })
         .await;
         uploaded = up.take_sent();
-        match early {
-            Ok(Some(head)) => {
-                return Ok(Sent {
-                    head,
-                    upload: Some(Box::new(up)),
-                    uploaded,
-                })
-            }
-            Ok(None) => {}
-            Err(e) => return Err(e),
+        if let Some(head) = early? {
+            let upload = Some(Box::new(up));
+            return Ok(Sent {
+                head,
+                upload,
+                uploaded,
+            });
         }
     }
     // timeouts.response counts from the end of the upload, as Envoy's route timeout.
-    let head = tokio::time::timeout(response, read_head(conn, head_request))
+    let head = poll_fn(|cx| poll_head(&mut conn.io, &mut conn.rbuf, head_request, cx));
+    let head = tokio::time::timeout(response, head)
         .await
         .map_err(|_| SendError::Timeout)?
         .map_err(SendError::Upstream)?;
@@ -131,27 +129,25 @@ pub async fn send(
     })
 }
 
-/// Reads what the backend has sent during an upload: a complete final head, or nothing
-/// yet. A backend that closes mid-upload has failed the exchange.
-fn poll_early_head(
+/// Reads until a final response head is complete. A backend that closes first has
+/// failed the exchange: `Closed` if it sent nothing, else `Truncated`.
+fn poll_head(
     io: &mut Stream,
     rbuf: &mut BytesMut,
     head_request: bool,
     cx: &mut Context<'_>,
-) -> Result<Option<ResponseHead>, SendError> {
+) -> Poll<Result<ResponseHead, UpstreamError>> {
     loop {
+        if let Some(head) = final_head(rbuf, head_request)? {
+            return Poll::Ready(Ok(head));
+        }
         make_room(rbuf, HEAD_READ);
-        match poll_read_buf(Pin::new(&mut *io), cx, rbuf) {
-            Poll::Pending => return Ok(None),
-            Poll::Ready(Ok(0)) => return Err(SendError::Upstream(UpstreamError::Closed)),
-            Poll::Ready(Ok(_)) => {
-                if let Some(head) =
-                    final_head(rbuf, head_request).map_err(|e| SendError::Upstream(e.into()))?
-                {
-                    return Ok(Some(head));
-                }
-            }
-            Poll::Ready(Err(e)) => return Err(SendError::Upstream(e.into())),
+        if ready!(poll_read_buf(Pin::new(&mut *io), cx, rbuf))? == 0 {
+            return Poll::Ready(Err(if rbuf.is_empty() {
+                UpstreamError::Closed
+            } else {
+                UpstreamError::Truncated
+            }));
         }
     }
 }
@@ -171,22 +167,6 @@ fn final_head(rbuf: &mut BytesMut, head_request: bool) -> Result<Option<Response
 fn make_room(rbuf: &mut BytesMut, want: usize) {
     if rbuf.capacity() - rbuf.len() < want / 4 {
         rbuf.reserve(want);
-    }
-}
-
-async fn read_head(conn: &mut Conn, head_request: bool) -> Result<ResponseHead, UpstreamError> {
-    loop {
-        if let Some(head) = final_head(&mut conn.rbuf, head_request)? {
-            return Ok(head);
-        }
-        make_room(&mut conn.rbuf, HEAD_READ);
-        if conn.io.read_buf(&mut conn.rbuf).await? == 0 {
-            return Err(if conn.rbuf.is_empty() {
-                UpstreamError::Closed
-            } else {
-                UpstreamError::Truncated
-            });
-        }
     }
 }
 
@@ -474,7 +454,7 @@ impl Body for UpstreamBody {
             make_room(rbuf, want);
             match ready!(poll_read_buf(Pin::new(io), cx, rbuf)) {
                 Ok(0) if matches!(this.state, State::Close) => {
-                    this.reusable = false;
+                    // Close-delimited answers are never kept alive (codec).
                     this.finish();
                     return Poll::Ready(None);
                 }
@@ -492,7 +472,7 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.state, State::Done | State::Length(0))
+        matches!(self.state, State::Done)
     }
 
     fn size_hint(&self) -> SizeHint {
