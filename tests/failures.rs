@@ -85,7 +85,11 @@ async fn no_backend_owning_keys_is_a_503() {
     let proxy = TestProxy::spawn(&yaml_for(&[("a", a.addr, 0)], "")).await;
     let reply = proxy.get("/x").await;
     assert_eq!(reply.status, 503);
-    assert_eq!(reply.body, "503 service unavailable: no healthy backend\n");
+    // What the README says of weight 0: nobody owns the key; nothing is unhealthy.
+    assert_eq!(
+        reply.body,
+        "503 service unavailable: no backend owns the key (every weight is 0)\n"
+    );
 }
 
 #[tokio::test]

@@ -12,7 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::{ConfigError, Diagnostic};
-pub use raw::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_RETRIES, DEFAULT_VNODES};
+pub use raw::{
+    DEFAULT_MAX_ADMIN_CONNECTIONS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_RETRIES, DEFAULT_VNODES,
+};
 pub use value::{Address, KeySource};
 
 /// A whole, valid `lb.yaml`. Field names follow the YAML keys.
@@ -122,6 +125,14 @@ pub struct Timeouts {
     pub idle: Duration,
     /// Drain time after SIGTERM/SIGINT.
     pub shutdown: Duration,
+    /// The longest pause between two reads of a request body; then 408, or the
+    /// connection is cut if the answer has started.
+    pub client_body: Duration,
+    /// The longest pause between two reads from a backend once its answer started;
+    /// then the client's answer is cut.
+    pub upstream_read: Duration,
+    /// The longest pause while writing to a backend; then 504, or the answer is cut.
+    pub upstream_write: Duration,
 }
 
 /// The `limits` block.
@@ -131,6 +142,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// Largest request head in bytes.
     pub max_header_bytes: usize,
+    /// Admin connections open at once.
+    pub max_admin_connections: usize,
 }
 
 /// Reads and validates the file at `path`.

@@ -16,6 +16,9 @@ pub const DEFAULT_VNODES: u32 = 160;
 pub const DEFAULT_RETRIES: u32 = 2;
 /// Client connections open at once when `limits.max_connections` is absent.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Admin connections open at once when `limits.max_admin_connections` is absent: room
+/// for scrapers and operators, too few for a flood to matter.
+pub const DEFAULT_MAX_ADMIN_CONNECTIONS: usize = 64;
 /// Largest request head when `limits.max_header_bytes` is absent (64 KiB, as HAProxy's default buffer).
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 65_536;
 
@@ -208,6 +211,18 @@ pub struct RawTimeouts {
     /// Drain time after SIGTERM/SIGINT.
     #[serde(default = "default_shutdown")]
     pub shutdown: Span,
+    /// The longest pause between two reads of a request body (nginx's
+    /// `client_body_timeout`).
+    #[serde(default = "default_stream_pause")]
+    pub client_body: Span,
+    /// The longest pause between two reads from a backend once its answer has started
+    /// (nginx's `proxy_read_timeout`).
+    #[serde(default = "default_stream_pause")]
+    pub upstream_read: Span,
+    /// The longest pause while writing a request to a backend (nginx's
+    /// `proxy_send_timeout`).
+    #[serde(default = "default_stream_pause")]
+    pub upstream_write: Span,
 }
 
 impl Default for RawTimeouts {
@@ -218,6 +233,9 @@ impl Default for RawTimeouts {
             client_header: default_client_header(),
             idle: default_idle(),
             shutdown: default_shutdown(),
+            client_body: default_stream_pause(),
+            upstream_read: default_stream_pause(),
+            upstream_write: default_stream_pause(),
         }
     }
 }
@@ -232,6 +250,9 @@ pub struct RawLimits {
     /// Largest request head.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: MaxHeaderBytes,
+    /// Admin connections open at once; shares nothing with `max_connections`.
+    #[serde(default = "default_max_admin_connections")]
+    pub max_admin_connections: MaxConnections,
 }
 
 impl Default for RawLimits {
@@ -239,6 +260,7 @@ impl Default for RawLimits {
         RawLimits {
             max_connections: default_max_connections(),
             max_header_bytes: default_max_header_bytes(),
+            max_admin_connections: default_max_admin_connections(),
         }
     }
 }
@@ -275,6 +297,13 @@ fn default_idle() -> Span {
 }
 fn default_shutdown() -> Span {
     Span(Duration::from_secs(30))
+}
+/// nginx's default for `client_body_timeout`, `proxy_read_timeout` and `proxy_send_timeout`.
+fn default_stream_pause() -> Span {
+    Span(Duration::from_secs(60))
+}
+fn default_max_admin_connections() -> MaxConnections {
+    MaxConnections(DEFAULT_MAX_ADMIN_CONNECTIONS)
 }
 fn default_check_path() -> CheckPath {
     CheckPath(http::uri::PathAndQuery::from_static("/healthz"))

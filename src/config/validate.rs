@@ -203,6 +203,9 @@ pub(crate) fn validate(
         ("response", t.response),
         ("client_header", t.client_header),
         ("idle", t.idle),
+        ("client_body", t.client_body),
+        ("upstream_read", t.upstream_read),
+        ("upstream_write", t.upstream_write),
     ] {
         if span.0.is_zero() {
             fail(
@@ -251,11 +254,15 @@ pub(crate) fn validate(
             client_header: t.client_header.0,
             idle: t.idle.0,
             shutdown: t.shutdown.0,
+            client_body: t.client_body.0,
+            upstream_read: t.upstream_read.0,
+            upstream_write: t.upstream_write.0,
         },
         retries: raw.retries.0,
         limits: Limits {
             max_connections: raw.limits.max_connections.0,
             max_header_bytes: raw.limits.max_header_bytes.0,
+            max_admin_connections: raw.limits.max_admin_connections.0,
         },
         workers: raw.workers.0,
         access_log: raw.access_log,

@@ -12,10 +12,24 @@ use tracing::{info, warn};
 use crate::backend::{BackendState, InFlight};
 use crate::metrics::ErrorKind;
 use crate::snapshot::Snapshot;
+use crate::upstream::UpstreamError;
 
 /// The status recorded for a request whose client left before its answer began
 /// (nginx's 499 "client closed request").
 pub const CLIENT_CLOSED: u16 = 499;
+
+/// Why an answer was cut before its end.
+#[derive(Debug, Clone, Copy)]
+enum Cut {
+    /// The backend's connection broke or its body was malformed.
+    BackendBroke,
+    /// The backend paused past `upstream_read` or `upstream_write`.
+    BackendStalled,
+    /// The client paused its upload past `client_body`.
+    ClientStalled,
+    /// The client went away before the answer's end.
+    ClientGone,
+}
 
 /// What the request path learned while choosing and calling backends.
 #[derive(Debug, Default)]
@@ -62,8 +76,8 @@ pub struct Completion {
     /// (copied through each layer on its way out) 140 bytes larger.
     line: Option<Box<RequestLine>>,
     bytes_out: u64,
-    /// The backend's body broke before its end.
-    aborted: bool,
+    /// The answer was cut before its end, and why.
+    aborted: Option<Cut>,
     snap: Arc<Snapshot>,
 }
 
@@ -76,7 +90,7 @@ impl Completion {
             trace: Trace::default(),
             line,
             bytes_out: 0,
-            aborted: false,
+            aborted: None,
             snap,
         }
     }
@@ -101,9 +115,20 @@ impl Completion {
         self.trace.bytes_in += n;
     }
 
-    /// The backend's body failed midway: the client got a truncated answer.
-    pub fn aborted(&mut self) {
-        self.aborted = true;
+    /// The client stopped taking the answer before its end.
+    pub fn client_gone(&mut self) {
+        self.aborted.get_or_insert(Cut::ClientGone);
+    }
+
+    /// The answer was cut midway: the client got a truncated answer.
+    pub fn aborted(&mut self, why: &UpstreamError) {
+        self.aborted = Some(match why {
+            UpstreamError::ReadTimeout(_) | UpstreamError::UploadWriteTimeout => {
+                Cut::BackendStalled
+            }
+            UpstreamError::ClientBodyTimeout => Cut::ClientStalled,
+            _ => Cut::BackendBroke,
+        });
     }
 }
 
@@ -118,13 +143,16 @@ impl Drop for Completion {
             .or(self.trace.last.as_ref());
         let metrics = backend.map_or(&self.snap.metrics.unrouted, |b| &b.metrics);
         metrics.record(self.status, elapsed);
-        if self.aborted {
-            if let Some(b) = backend {
-                b.metrics.error(ErrorKind::Reset);
-                if let Some(ejection) = b.record_failure(&self.snap.config.outlier_detection) {
-                    b.set_reason(format!("{ejection}, last: response body broke"));
-                    warn!(backend = %b.name, "{} {ejection}, last: response body broke", b.name);
-                }
+        let backend_fault = match self.aborted {
+            Some(Cut::BackendBroke) => Some((ErrorKind::Reset, "response body broke")),
+            Some(Cut::BackendStalled) => Some((ErrorKind::Timeout, "response stalled")),
+            Some(Cut::ClientStalled | Cut::ClientGone) | None => None,
+        };
+        if let (Some((kind, why)), Some(b)) = (backend_fault, backend) {
+            b.metrics.error(kind);
+            if let Some(ejection) = b.record_failure(&self.snap.config.outlier_detection) {
+                b.set_reason(format!("{ejection}, last: {why}"));
+                warn!(backend = %b.name, "{} {ejection}, last: {why}", b.name);
             }
         }
         if let Some(line) = &self.line {
@@ -142,7 +170,7 @@ impl Drop for Completion {
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
                 bytes_in = self.trace.bytes_in,
                 bytes_out = self.bytes_out,
-                complete = !self.aborted,
+                complete = self.aborted.is_none(),
             );
         }
     }

@@ -63,6 +63,15 @@ impl ProxyBody {
     }
 }
 
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        // Still holding the record: the body never reached its end.
+        if let Some(done) = self.done.as_mut() {
+            done.client_gone();
+        }
+    }
+}
+
 impl Body for ProxyBody {
     type Data = Bytes;
     type Error = UpstreamError;
@@ -87,8 +96,8 @@ impl Body for ProxyBody {
                 done.sent(data.len());
             }
         }
-        if let (Poll::Ready(Some(Err(_))), Some(done)) = (&polled, this.done.as_mut()) {
-            done.aborted();
+        if let (Poll::Ready(Some(Err(e))), Some(done)) = (&polled, this.done.as_mut()) {
+            done.aborted(e);
         }
         if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) || this.is_end_stream() {
             this.done = None; // records the request now, not when hyper drops the body

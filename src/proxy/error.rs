@@ -26,9 +26,20 @@ pub enum ProxyError {
         #[source]
         source: hyper::Error,
     },
-    /// No backend owns the key (every weight is 0) or every candidate is out.
+    /// The client sent no body bytes for `timeouts.client_body`.
+    #[error("client sent no body bytes for {after:?} while sending to {backend}")]
+    ClientBodyTimeout {
+        /// Where the body was going.
+        backend: Arc<str>,
+        /// The configured limit.
+        after: Duration,
+    },
+    /// Every candidate for the key is out.
     #[error("no healthy backend")]
     NoHealthyBackend,
+    /// No backend owns any key: every weight is 0.
+    #[error("no backend owns the key: every weight is 0")]
+    NoOwner,
     /// Every attempt failed to connect.
     #[error("{backend} unreachable after {attempts} attempt(s): {source}")]
     ConnectFailed {
@@ -57,6 +68,14 @@ pub enum ProxyError {
         /// The configured limit.
         after: Duration,
     },
+    /// The backend took no request bytes for `timeouts.upstream_write`.
+    #[error("{backend} stopped reading the request for {after:?}")]
+    WriteTimeout {
+        /// The backend.
+        backend: Arc<str>,
+        /// The configured limit.
+        after: Duration,
+    },
 }
 
 impl ProxyError {
@@ -64,13 +83,28 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) | ProxyError::ClientBody { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::ClientBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
-            ProxyError::NoHealthyBackend => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoHealthyBackend | ProxyError::NoOwner => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectFailed { .. } | ProxyError::Upstream { .. } => {
                 StatusCode::BAD_GATEWAY
             }
-            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Timeout { .. } | ProxyError::WriteTimeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
         }
+    }
+
+    /// The client, not the backend, caused it: no outlier failure is counted, and it
+    /// is logged at debug level only.
+    pub fn is_client_fault(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::BadRequest(_)
+                | ProxyError::NotImplemented(_)
+                | ProxyError::ClientBody { .. }
+                | ProxyError::ClientBodyTimeout { .. }
+        )
     }
 
     /// Short fixed text for the client; the details go to the log only.
@@ -78,10 +112,19 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(why) | ProxyError::NotImplemented(why) => why,
             ProxyError::ClientBody { .. } => "400 bad request: the request body is malformed\n",
+            ProxyError::ClientBodyTimeout { .. } => {
+                "408 request timeout: the request body stalled\n"
+            }
             ProxyError::NoHealthyBackend => "503 service unavailable: no healthy backend\n",
+            ProxyError::NoOwner => {
+                "503 service unavailable: no backend owns the key (every weight is 0)\n"
+            }
             ProxyError::ConnectFailed { .. } => "502 bad gateway: backend unreachable\n",
             ProxyError::Upstream { .. } => "502 bad gateway: backend failed to answer\n",
             ProxyError::Timeout { .. } => "504 gateway timeout: backend did not answer in time\n",
+            ProxyError::WriteTimeout { .. } => {
+                "504 gateway timeout: backend stopped reading the request\n"
+            }
         }
     }
 
@@ -93,8 +136,12 @@ impl ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        if self.status() == StatusCode::BAD_REQUEST && version < http::Version::HTTP_2 {
-            // A malformed request leaves the connection in doubt.
+        if matches!(
+            self.status(),
+            StatusCode::BAD_REQUEST | StatusCode::REQUEST_TIMEOUT
+        ) && version < http::Version::HTTP_2
+        {
+            // A malformed or stalled request leaves the connection in doubt.
             res.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }

@@ -23,7 +23,9 @@ use tracing::{debug, warn};
 use crate::backend::BackendState;
 use crate::metrics::ErrorKind;
 use crate::snapshot::{Live, Snapshot};
-use crate::upstream::{codec, Conn, ConnectError, SendError, Sent, UpstreamBody, UpstreamError};
+use crate::upstream::{
+    codec, Conn, ConnectError, Limits, Outgoing, SendError, Sent, UpstreamBody, UpstreamError,
+};
 
 use access::{Completion, RequestLine, Trace};
 use body::ProxyBody;
@@ -69,11 +71,7 @@ pub async fn handle(ctx: &ConnContext, req: Request<Incoming>) -> Response<Proxy
         Ok(res) => res,
         Err(e) => {
             match &e {
-                ProxyError::BadRequest(_)
-                | ProxyError::ClientBody { .. }
-                | ProxyError::NotImplemented(_) => {
-                    debug!(client = %peer, error = %e, "rejected")
-                }
+                e if e.is_client_fault() => debug!(client = %peer, error = %e, "rejected"),
                 _ => warn!(client = %peer, error = %e, "request failed"),
             }
             e.to_response(version)
@@ -183,9 +181,9 @@ async fn forward(
             head: &head,
             head_request: parts.method == Method::HEAD,
             chunked,
-            replayable,
+            upgrade: upgrade.is_some(),
         };
-        match attempt(backend, req, &mut body, &config.timeouts).await {
+        match attempt(backend, req, replayable, &mut body, &config.timeouts).await {
             Ok((mut sent, conn)) => {
                 trace.bytes_in += sent.uploaded;
                 let status = sent.head.status;
@@ -198,12 +196,23 @@ async fn forward(
                 *res.status_mut() = status;
                 if let Some((client, _)) = upgrade {
                     if status == http::StatusCode::SWITCHING_PROTOCOLS {
-                        upgrade::tunnel(client, conn, backend.name.clone(), ctx);
+                        upgrade::tunnel(
+                            client,
+                            conn,
+                            backend.name.clone(),
+                            config.timeouts.upstream_read,
+                            ctx,
+                        );
                         *res.headers_mut() = sent.head.headers;
                         return Ok(res);
                     }
                 }
-                let body = UpstreamBody::new(conn, &mut sent, backend.clone());
+                let body = UpstreamBody::new(
+                    conn,
+                    &mut sent,
+                    backend.clone(),
+                    config.timeouts.upstream_read,
+                );
                 let mut headers = sent.head.headers;
                 headers::remove_hop_by_hop(&mut headers);
                 *res.headers_mut() = headers;
@@ -223,15 +232,23 @@ async fn forward(
             }
             Err(Failure::Failed(e)) => {
                 match e {
-                    ProxyError::Timeout { .. } => backend.metrics.error(ErrorKind::Timeout),
+                    ProxyError::Timeout { .. } | ProxyError::WriteTimeout { .. } => {
+                        backend.metrics.error(ErrorKind::Timeout)
+                    }
                     ProxyError::Upstream { .. } => backend.metrics.error(ErrorKind::Reset),
                     _ => {}
                 }
-                if !matches!(e, ProxyError::ClientBody { .. }) {
+                if !e.is_client_fault() {
                     record_failure(backend, config, &e);
                 }
                 match e {
-                    ProxyError::Upstream { .. } if replayable => {
+                    // Only a backend that answered nothing sends a safe read on to the
+                    // next one (the README's rule); a broken answer is a 502 here, as
+                    // nginx's default, not a reason to run the read on another shard.
+                    ProxyError::Upstream {
+                        source: UpstreamError::Closed | UpstreamError::NoAnswer(_),
+                        ..
+                    } if replayable => {
                         trace.moved_on();
                         debug!(backend = %backend.name, error = %e, "no answer to a safe request, trying the next backend");
                         last = Some(e);
@@ -250,6 +267,7 @@ async fn forward(
             source,
         },
         Some(e) => e,
+        None if snap.ring.len() == 0 => ProxyError::NoOwner,
         None => ProxyError::NoHealthyBackend,
     })
 }
@@ -280,22 +298,13 @@ enum Failure {
     Failed(ProxyError),
 }
 
-/// A request head ready for the wire.
-#[derive(Clone, Copy)]
-struct Outgoing<'a> {
-    head: &'a [u8],
-    head_request: bool,
-    chunked: bool,
-    /// A bodiless safe read: it may be sent again.
-    replayable: bool,
-}
-
 /// One attempt on `backend`: a pooled or new connection, the exchange, the answer's
 /// head. A pooled connection that turns out stale before the head is written is
 /// replaced by another, as the backend never saw the request.
 async fn attempt(
     backend: &Arc<BackendState>,
     req: Outgoing<'_>,
+    replayable: bool,
     body: &mut Option<Incoming>,
     t: &crate::config::Timeouts,
 ) -> Result<(Sent, Conn), Failure> {
@@ -308,23 +317,15 @@ async fn attempt(
             .await
             .map_err(Failure::Unsent)?;
         let name = || backend.name.clone();
-        let sent = crate::upstream::send(
-            &mut conn,
-            req.head,
-            req.head_request,
-            req.chunked,
-            body,
-            t.response,
-        )
-        .await;
+        let sent = crate::upstream::send(&mut conn, req, body, Limits::from(t)).await;
         return match sent {
             Ok(sent) => Ok((sent, conn)),
             Err(SendError::Unsent(_)) if conn.reused() => continue,
             // The backend closed an idle connection as the request went out (its
             // keep-alive timeout): a safe read goes again, once, on a new connection to
             // the same backend, so the key stays where it lives (nginx does the same).
-            Err(SendError::Upstream(UpstreamError::Closed))
-                if conn.reused() && req.replayable && !fresh =>
+            Err(SendError::Upstream(UpstreamError::Closed | UpstreamError::NoAnswer(_)))
+                if conn.reused() && replayable && !fresh =>
             {
                 fresh = true;
                 continue;
@@ -337,6 +338,16 @@ async fn attempt(
                 backend: name(),
                 after: t.response,
             })),
+            Err(SendError::WriteTimeout) => Err(Failure::Failed(ProxyError::WriteTimeout {
+                backend: name(),
+                after: t.upstream_write,
+            })),
+            Err(SendError::ClientBodyTimeout) => {
+                Err(Failure::Failed(ProxyError::ClientBodyTimeout {
+                    backend: name(),
+                    after: t.client_body,
+                }))
+            }
             Err(SendError::ClientBody(source)) => Err(Failure::Failed(ProxyError::ClientBody {
                 backend: name(),
                 source,

@@ -27,6 +27,14 @@ pub enum Malformed {
     /// A chunk size line or the CRLF after a chunk is wrong.
     #[error("invalid chunked encoding")]
     Chunked,
+    /// A Transfer-Encoding other than one final `chunked` (`gzip`, `gzip, chunked`,
+    /// `chunked, chunked`): the body's coding cannot be passed on honestly, since
+    /// Transfer-Encoding is hop-by-hop (nginx and HAProxy answer 502 too).
+    #[error("unsupported Transfer-Encoding")]
+    TransferCoding,
+    /// A `101 Switching Protocols` to a request that asked for no upgrade.
+    #[error("101 Switching Protocols without an Upgrade request")]
+    UnaskedSwitch,
 }
 
 /// Writes the head of `method target` for an HTTP/1.1 backend; `fields` writes the
@@ -131,8 +139,10 @@ pub fn parse_response(
     let mut headers = HeaderMap::with_capacity(count);
     let mut length: Option<u64> = None;
     let mut list_length = false;
+    // Transfer codings across every Transfer-Encoding line, empty list elements not
+    // counted (RFC 9110 §5.6.1); only a lone `chunked` is a framing we pass on.
+    let mut codings = 0u32;
     let mut chunked = false;
-    let mut other_coding = false;
     let mut close = minor == 0;
     for &(ns, ne, vs, ve) in &spans[..count] {
         let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
@@ -147,16 +157,15 @@ pub fn parse_response(
             }
             length = Some(n);
         } else if name == header::TRANSFER_ENCODING {
-            // Only the last coding decides (RFC 9112 §6.3); empty list elements do not
-            // count (RFC 9110 §5.6.1).
-            let last = value
+            for coding in value
                 .as_bytes()
-                .rsplit(|&b| b == b',')
+                .split(|&b| b == b',')
                 .map(<[u8]>::trim_ascii)
-                .find(|c| !c.is_empty());
-            if let Some(last) = last {
-                chunked = last.eq_ignore_ascii_case(b"chunked");
-                other_coding = !chunked;
+            {
+                if !coding.is_empty() {
+                    codings += 1;
+                    chunked = coding.eq_ignore_ascii_case(b"chunked");
+                }
             }
         } else if name == header::CONNECTION {
             for token in value.as_bytes().split(|&b| b == b',') {
@@ -170,24 +179,33 @@ pub fn parse_response(
         }
         headers.append(name, value);
     }
-    if chunked || other_coding {
+    let body_allowed = !(head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED);
+    if codings > 0 {
+        // An answer without a body (HEAD, 304) may name what a GET would have been sent
+        // with; nothing is decoded, so nothing is misread.
+        if body_allowed && (codings > 1 || !chunked) {
+            return Err(Malformed::TransferCoding);
+        }
+        chunked = codings == 1 && chunked;
         // Transfer-Encoding overrides Content-Length, and a proxy must not pass the
-        // overridden one on (RFC 9112 §6.3).
+        // overridden one on (RFC 9112 §6.3). Either beside the other, or chunked in an
+        // HTTP/1.0 answer, leaves the framing in doubt: the connection closes after this
+        // answer rather than going back to the pool (RFC 9112 §6.1, §6.3).
+        if length.is_some() || minor == 0 {
+            close = true;
+        }
         headers.remove(header::CONTENT_LENGTH);
     } else if let Some(n) = length.filter(|_| list_length) {
         // `Content-Length: 5, 5` goes on as one value (RFC 9110 §8.6).
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
-    let framing = if head_request
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
+    let framing = if !body_allowed {
         Framing::Empty
     } else if chunked {
         Framing::Chunked
-    } else if other_coding {
-        Framing::Close
     } else {
         match length {
             Some(0) => Framing::Empty,
@@ -421,16 +439,35 @@ mod tests {
             ),
             Framing::Empty
         );
+        // Only a lone, final chunked is a framing passed on; other codings would
+        // reach the client unnamed, since Transfer-Encoding is hop-by-hop.
+        for te in [
+            "gzip",
+            "gzip, chunked",
+            "chunked, chunked",
+            "chunked\r\nTransfer-Encoding: chunked",
+        ] {
+            let text = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {te}\r\n\r\n");
+            assert_eq!(
+                parse(&text, false).0.unwrap_err(),
+                Malformed::TransferCoding,
+                "{te}"
+            );
+        }
         assert_eq!(
             framing(
-                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n",
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\nContent-Length: 3\r\n\r\n",
                 false
             ),
             Framing::Chunked
         );
+        // A HEAD answer names the GET's coding; there is no body to misread.
         assert_eq!(
-            framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false),
-            Framing::Close
+            framing(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                true
+            ),
+            Framing::Empty
         );
         assert_eq!(framing("HTTP/1.1 200 OK\r\n\r\n", false), Framing::Close);
         assert_eq!(
@@ -485,6 +522,14 @@ mod tests {
             "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"
         ));
         assert!(!ka("HTTP/1.1 200 OK\r\n\r\n"));
+        // Doubtful framing: never pooled (RFC 9112 §6.1, §6.3).
+        assert!(!ka(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"
+        ));
+        assert!(!ka(
+            "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ));
+        assert!(ka("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"));
     }
 
     fn decode_all(mut wire: &[u8], step: usize) -> Result<Vec<u8>, Malformed> {

@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use crate::config::Address;
 use crate::tls::BackendTls;
 
-pub use exchange::{send, SendError, Sent, Upload, UpstreamBody, UpstreamError};
+pub use exchange::{send, Limits, Outgoing, SendError, Sent, Upload, UpstreamBody, UpstreamError};
 
 /// Idle connections kept per backend; more are closed when returned. Enough for a
 /// busy proxy's concurrency to one backend without holding sockets forever.
