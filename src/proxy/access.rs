@@ -175,3 +175,30 @@ impl Drop for Completion {
         }
     }
 }
+
+/// Records an answer hyper's HTTP/1 server gave by itself before any request reached
+/// the proxy (431 for a head over `limits.max_header_bytes`, 400 for a malformed one,
+/// 414): counted with the unrouted requests and written as an access-log line with `-`
+/// for what was never read.
+pub fn record_refused(snap: &Snapshot, peer: SocketAddr, status: StatusCode) {
+    snap.metrics
+        .unrouted
+        .record(status, std::time::Duration::ZERO);
+    if snap.config.access_log {
+        let mut client = [0u8; 64];
+        let client = crate::logging::format_addr(peer, &mut client);
+        info!(
+            target: crate::logging::ACCESS_TARGET,
+            client,
+            method = "-",
+            path = "-",
+            status = u64::from(status.as_u16()),
+            backend = "-",
+            attempts = 0u64,
+            duration_ms = 0.0,
+            bytes_in = 0u64,
+            bytes_out = 0u64,
+            complete = true,
+        );
+    }
+}

@@ -14,6 +14,10 @@ pub enum ProxyError {
     /// The request itself is malformed: the client's fault.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// An HTTP/2 request head over `limits.max_header_bytes` (HTTP/1.1 ones never get
+    /// this far: hyper answers them 431 itself).
+    #[error("request head over limits.max_header_bytes")]
+    HeadTooLarge,
     /// A method ringlb does not proxy (CONNECT).
     #[error("not implemented: {0}")]
     NotImplemented(&'static str),
@@ -84,6 +88,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) | ProxyError::ClientBody { .. } => StatusCode::BAD_REQUEST,
             ProxyError::ClientBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::NoHealthyBackend | ProxyError::NoOwner => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectFailed { .. } | ProxyError::Upstream { .. } => {
@@ -101,6 +106,7 @@ impl ProxyError {
         matches!(
             self,
             ProxyError::BadRequest(_)
+                | ProxyError::HeadTooLarge
                 | ProxyError::NotImplemented(_)
                 | ProxyError::ClientBody { .. }
                 | ProxyError::ClientBodyTimeout { .. }
@@ -115,6 +121,7 @@ impl ProxyError {
             ProxyError::ClientBodyTimeout { .. } => {
                 "408 request timeout: the request body stalled\n"
             }
+            ProxyError::HeadTooLarge => "431 request header fields too large\n",
             ProxyError::NoHealthyBackend => "503 service unavailable: no healthy backend\n",
             ProxyError::NoOwner => {
                 "503 service unavailable: no backend owns the key (every weight is 0)\n"

@@ -95,10 +95,13 @@ async fn forward(
             "501 not implemented: ringlb does not tunnel CONNECT\n",
         ));
     }
-    let host = request_host(&parts)?;
     if parts.version == Version::HTTP_2 {
+        if header_list_size(&parts) > snap.config.limits.max_header_bytes {
+            return Err(ProxyError::HeadTooLarge);
+        }
         headers::join_cookies(&mut parts.headers);
     }
+    let host = request_host(&parts)?;
     let hash = crate::key::hash(&parts, peer.ip(), &snap.config.hash.key);
 
     // An upgrade request with a body is served as a plain request (its Upgrade is
@@ -267,8 +270,24 @@ async fn forward(
             source,
         },
         Some(e) => e,
-        None if snap.ring.len() == 0 => ProxyError::NoOwner,
+        None if snap.ring.is_empty() => ProxyError::NoOwner,
         None => ProxyError::NoHealthyBackend,
+    })
+}
+
+/// An HTTP/2 request's header list size as SETTINGS_MAX_HEADER_LIST_SIZE counts it
+/// (RFC 9113 §6.5.2: name and value octets plus 32 per field, pseudo-fields included).
+fn header_list_size(parts: &http::request::Parts) -> usize {
+    const PER_FIELD: usize = 32;
+    let pseudo = [
+        ":method".len() + parts.method.as_str().len(),
+        ":path".len() + parts.uri.path_and_query().map_or(1, |p| p.as_str().len()),
+        ":scheme".len() + parts.uri.scheme_str().map_or(0, str::len),
+        ":authority".len() + parts.uri.authority().map_or(0, |a| a.as_str().len()),
+    ];
+    let pseudo: usize = pseudo.iter().map(|n| n + PER_FIELD).sum();
+    parts.headers.iter().fold(pseudo, |n, (name, value)| {
+        n + name.as_str().len() + value.len() + PER_FIELD
     })
 }
 

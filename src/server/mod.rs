@@ -26,6 +26,10 @@ use crate::proxy::ConnContext;
 use crate::snapshot::{Live, Snapshot};
 use timer::{Activity, HeadTimer, Watched};
 
+/// How many times `limits.max_header_bytes` an HTTP/2 header block may be before h2
+/// itself refuses it (see `Limits::h2_header_list`).
+const H2_HEADER_SLACK: usize = 4;
+
 /// Pause after an accept error such as "too many open files", so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -444,8 +448,12 @@ impl Limits {
         .max_buf_size(self.max_header_bytes);
     }
 
+    /// What HTTP/2 decodes before it gives up on a header block. Past it, h2 can only
+    /// refuse the stream or, for one huge field spread over CONTINUATION frames, end the
+    /// whole connection; up to it, the request reaches the proxy, which answers a head
+    /// over `max_header_bytes` with 431 on its own stream and the connection goes on.
     fn h2_header_list(&self) -> u32 {
-        u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX)
+        u32::try_from(self.max_header_bytes.saturating_mul(H2_HEADER_SLACK)).unwrap_or(u32::MAX)
     }
 }
 
@@ -455,7 +463,7 @@ impl Limits {
 /// and an HTTP/2 connection that starts none within idle. A graceful shutdown lets
 /// requests in flight finish. (A macro: hyper's connection types share no trait.)
 macro_rules! watch_connection {
-    ($conn:expr, $limits:expr, $peer:expr, $stop:expr) => {{
+    ($conn:expr, $limits:expr, $peer:expr, $live:expr, $stop:expr) => {{
         let conn = $conn;
         tokio::pin!(conn);
         let watchdog = tokio::time::sleep($limits.t.client_header);
@@ -486,6 +494,9 @@ macro_rules! watch_connection {
         };
         if let Err(e) = result {
             debug!(client = %$peer, error = %e, "connection ended with an error");
+            if let Some(status) = ConnError::hyper(&e).and_then(refusal) {
+                crate::proxy::access::record_refused(&$live.load(), $peer, status);
+            }
         }
     }};
 }
@@ -500,6 +511,7 @@ async fn serve_connection<I>(
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let peer = ctx.peer;
+    let live = ctx.live.clone();
     let ctx = Arc::new(ctx);
     let counter = limits.activity.clone();
     let service = service_fn(move |req| {
@@ -526,6 +538,7 @@ async fn serve_connection<I>(
                 b.serve_connection_with_upgrades(io, service),
                 limits,
                 peer,
+                live,
                 stop
             );
         }
@@ -536,14 +549,50 @@ async fn serve_connection<I>(
                 b.serve_connection(io, service).with_upgrades(),
                 limits,
                 peer,
+                live,
                 stop
             );
         }
         Wire::Http2 => {
             let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             b.max_header_list_size(limits.h2_header_list());
-            watch_connection!(b.serve_connection(io, service), limits, peer, stop);
+            watch_connection!(b.serve_connection(io, service), limits, peer, live, stop);
         }
+    }
+}
+
+/// The answer hyper's HTTP/1 server wrote by itself when a request head could not be
+/// read (`on_error` in hyper's h1 server role), if any.
+fn refusal(e: &hyper::Error) -> Option<http::StatusCode> {
+    if e.is_parse_too_large() {
+        // hyper's only public tell between its two "too large" answers is the text.
+        Some(if e.to_string().contains("URI too long") {
+            http::StatusCode::URI_TOO_LONG
+        } else {
+            http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        })
+    } else if e.is_parse() && !e.is_parse_version_h2() {
+        Some(http::StatusCode::BAD_REQUEST)
+    } else {
+        None
+    }
+}
+
+/// hyper's error inside what a connection future ended with: one type for a
+/// protocol-specific connection, a box for the auto-detecting one.
+trait ConnError {
+    fn hyper(&self) -> Option<&hyper::Error>;
+}
+
+impl ConnError for hyper::Error {
+    fn hyper(&self) -> Option<&hyper::Error> {
+        Some(self)
+    }
+}
+
+impl ConnError for Box<dyn std::error::Error + Send + Sync> {
+    fn hyper(&self) -> Option<&hyper::Error> {
+        self.downcast_ref()
     }
 }
 

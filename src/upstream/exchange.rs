@@ -699,3 +699,71 @@ impl Body for UpstreamBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `wire` in `piece`-byte reads as `poll_head` would; returns the head and how
+    /// many times httparse ran.
+    fn trickle(wire: &[u8], piece: usize) -> (Option<ResponseHead>, usize) {
+        let req = Outgoing {
+            head: b"",
+            head_request: false,
+            chunked: false,
+            upgrade: false,
+        };
+        let (mut scan, mut buf, mut parses) = (HeadScan::default(), BytesMut::new(), 0);
+        for chunk in wire.chunks(piece) {
+            buf.extend_from_slice(chunk);
+            if scan.worth_parsing(&buf) {
+                parses += 1;
+                if let Some(head) = final_head(&mut buf, req).expect("a valid head") {
+                    return (Some(head), parses);
+                }
+                scan.partial(buf.len());
+            }
+        }
+        (None, parses)
+    }
+
+    #[test]
+    fn a_trickled_head_is_parsed_a_few_times_not_once_per_read() {
+        // A 250 KB head in 16-byte reads: 16,000 reads, and a handful of parses.
+        let mut wire = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for _ in 0..100 {
+            wire.extend_from_slice(format!("x-filler: {}\r\n", "f".repeat(2500)).as_bytes());
+        }
+        wire.extend_from_slice(b"content-length: 0\r\n\r\n");
+        let (head, parses) = trickle(&wire, 16);
+        assert_eq!(head.map(|h| h.status), Some(StatusCode::OK));
+        assert!(parses <= 20, "httparse ran {parses} times");
+    }
+
+    #[test]
+    fn interim_heads_and_bare_line_feeds_still_end_a_head() {
+        let wire = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\n\n";
+        for piece in 1..wire.len() {
+            let (head, _) = trickle(wire, piece);
+            assert_eq!(
+                head.map(|h| h.status),
+                Some(StatusCode::NO_CONTENT),
+                "{piece}"
+            );
+        }
+    }
+
+    #[test]
+    fn garbage_is_seen_on_the_first_read_not_after_the_whole_head() {
+        let mut buf = BytesMut::from(&b"SSH-2.0-OpenSSH_9.6\r\n"[..]);
+        let mut scan = HeadScan::default();
+        assert!(scan.worth_parsing(&buf));
+        let req = Outgoing {
+            head: b"",
+            head_request: false,
+            chunked: false,
+            upgrade: false,
+        };
+        assert!(final_head(&mut buf, req).is_err());
+    }
+}
