@@ -47,6 +47,19 @@ pub struct LastReload {
     pub error: Option<String>,
 }
 
+/// Wakes after each reload, successful or not; made by [`Reloader::reloads`].
+#[derive(Debug)]
+pub struct Reloads(watch::Receiver<Done>);
+
+impl Reloads {
+    /// Returns after the next reload; never, once the reloader has stopped.
+    pub async fn changed(&mut self) {
+        if self.0.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Done {
     ticket: u64,
@@ -140,6 +153,12 @@ impl Reloader {
     pub fn trigger(&self) {
         self.requested.fetch_add(1, Ordering::SeqCst);
         self.wake.notify_one();
+    }
+
+    /// A handle that wakes after every reload from now on, for tasks that follow a
+    /// setting of the live snapshot (the admin listener's connection cap).
+    pub fn reloads(&self) -> Reloads {
+        Reloads(self.done.subscribe())
     }
 
     /// The latest reload's outcome, if any reload ran.
