@@ -207,6 +207,13 @@ pub fn answer(
                 .any(|b| !b.is_down() && owns_keys(&snap, b))
             {
                 reply(StatusCode::OK, TEXT, "ready\n".into())
+            } else if snap.ring.is_empty() {
+                // Not a health problem: checks cannot bring it back, an edit of the file can.
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    TEXT,
+                    "not ready: no backend owns any key (every weight is 0)\n".into(),
+                )
             } else {
                 reply(
                     StatusCode::SERVICE_UNAVAILABLE,
