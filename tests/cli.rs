@@ -439,3 +439,91 @@ async fn one_worker_serves_both_protocols_reloads_and_drains() {
     .await;
     sigterm_drains(child, in_flight, "b").await;
 }
+
+/// Runs ringlb with a stdout whose reading end is already closed, as
+/// `ringlb ... | head -0` leaves it: every write fails with EPIPE. (A socket pair, as
+/// `std::io::pipe` is newer than the crate's MSRV; a write to either says EPIPE.)
+fn ringlb_into_closed_pipe(args: &[&str]) -> Output {
+    let (reader, writer) = std::os::unix::net::UnixStream::pair().expect("make a socket pair");
+    drop(reader);
+    Command::new(env!("CARGO_BIN_EXE_ringlb"))
+        .args(args)
+        .stdout(std::os::fd::OwnedFd::from(writer))
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run the ringlb binary")
+}
+
+#[test]
+fn a_closed_stdout_ends_every_command_quietly_with_0() {
+    let path = write_config("closed-stdout", THREE);
+    let p = path.to_str().unwrap();
+    for args in [
+        &["check", "--config", p][..],
+        &["route", "--config", p, "/a", "/b"],
+        &["ring", "--config", p],
+        &["diff", p, p],
+        &["--help"],
+        &["--version"],
+    ] {
+        let out = ringlb_into_closed_pipe(args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(text(&out.stderr), "", "{args:?}");
+    }
+}
+
+#[test]
+fn a_full_stdout_is_one_error_sentence_and_exit_1() {
+    let path = write_config("full-stdout", THREE);
+    let p = path.to_str().unwrap();
+    for args in [
+        &["check", "--config", p][..],
+        &["route", "--config", p, "/a"],
+        &["ring", "--config", p],
+        &["diff", p, p],
+        &["--help"],
+        &["--version"],
+    ] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("open /dev/full");
+        let out = Command::new(env!("CARGO_BIN_EXE_ringlb"))
+            .args(args)
+            .stdout(full)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run the ringlb binary");
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(
+            text(&out.stderr),
+            "ringlb: cannot write the output: No space left on device (os error 28)\n",
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [&["--no-such-flag"][..], &["route"], &["frobnicate"]] {
+        let out = ringlb(args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(text(&out.stderr).starts_with("error: "), "{args:?}");
+        assert_eq!(text(&out.stdout), "", "{args:?}");
+    }
+}
