@@ -228,7 +228,10 @@ pub fn answer(
             pretty(&status(&snap, reloader.and_then(Reloader::last))),
         ),
         "/route" => match query_param(req.uri().query().unwrap_or(""), "key") {
-            Some(key) => reply(StatusCode::OK, JSON, pretty(&route(&snap, &key))),
+            Some(key) => match route(&snap, &key) {
+                Ok(doc) => reply(StatusCode::OK, JSON, pretty(&doc)),
+                Err(e) => reply(StatusCode::BAD_REQUEST, TEXT, format!("{e}\n")),
+            },
             None => reply(StatusCode::BAD_REQUEST, TEXT, "missing ?key=\n".into()),
         },
         _ => match snap.metrics.encode() {
@@ -355,14 +358,17 @@ pub fn status(snap: &Snapshot, last: Option<LastReload>) -> Value {
 
 /// The `/route` document: the key's owner, its failover order with each backend's
 /// state, and which backend serves it now.
-pub fn route(snap: &Snapshot, key: &str) -> Value {
+///
+/// # Errors
+/// `KeyValueError` when the first key source can never yield `key`.
+pub fn route(snap: &Snapshot, key: &str) -> Result<Value, crate::key::KeyValueError> {
     let source = snap
         .config
         .hash
         .key
         .first()
         .unwrap_or(&crate::config::KeySource::Path);
-    let hash = crate::key::hash_value(source, key);
+    let hash = crate::key::hash_value(source, key)?;
     let order: Vec<&Arc<BackendState>> = snap
         .ring
         .failover(hash)
@@ -372,7 +378,7 @@ pub fn route(snap: &Snapshot, key: &str) -> Value {
         .iter()
         .find(|b| b.is_available())
         .or_else(|| order.iter().find(|b| !b.is_down()));
-    json!({
+    Ok(json!({
         "key": key,
         "hash": format!("{hash:016x}"),
         "backend": order.first().map(|b| &*b.name),
@@ -383,7 +389,7 @@ pub fn route(snap: &Snapshot, key: &str) -> Value {
             "healthy": b.is_available(),
             "state": state(b),
         })).collect::<Vec<_>>(),
-    })
+    }))
 }
 
 /// The percent-decoded value of `name` in a query string.

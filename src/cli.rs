@@ -92,7 +92,13 @@ pub fn main() -> ExitCode {
             Ok(snap) => {
                 let out = match cmd {
                     Command::Check => check_summary(&snap),
-                    Command::Route { keys } => route_table(&snap, &keys),
+                    Command::Route { keys } => match route_table(&snap, &keys) {
+                        Ok(table) => table,
+                        Err(e) => {
+                            complain(&format_args!("ringlb route: {e}"));
+                            return ExitCode::from(USAGE_ERROR);
+                        }
+                    },
                     Command::Ring => ring_table(&snap),
                     // Handled before the config is loaded.
                     Command::Diff { .. } => String::new(),
@@ -270,12 +276,16 @@ pub fn check_summary(snap: &Snapshot) -> String {
 }
 
 /// `ringlb route`: one line per key.
-pub fn route_table(snap: &Snapshot, keys: &[String]) -> String {
+///
+/// # Errors
+/// `KeyValueError` for the first key the first configured source can never yield
+/// (`10.0.0.1:5555` for `client_ip`); nothing is printed then.
+pub fn route_table(snap: &Snapshot, keys: &[String]) -> Result<String, crate::key::KeyValueError> {
     let mut out = String::new();
     // A key is read as the first configured source yields it (an IP for client_ip, ...).
     let source = snap.config.hash.key.first().unwrap_or(&KeySource::Path);
     for key in keys {
-        let hash = crate::key::hash_value(source, key);
+        let hash = crate::key::hash_value(source, key)?;
         let order: Vec<&str> = snap
             .ring
             .failover(hash)
@@ -299,7 +309,7 @@ pub fn route_table(snap: &Snapshot, keys: &[String]) -> String {
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// `ringlb ring`: share vs ideal per backend, and the spread.

@@ -527,3 +527,18 @@ fn usage_errors_exit_2() {
         assert_eq!(text(&out.stdout), "", "{args:?}");
     }
 }
+
+#[test]
+fn route_with_client_ip_rejects_what_is_not_an_ip_address() {
+    let path = write_config("route-not-ip", &format!("{THREE}hash:\n  key: client_ip\n"));
+    let p = path.to_str().unwrap();
+    let out = ringlb(&["route", "--config", p, "10.1.2.3", "10.0.0.1:5555"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(text(&out.stdout), "", "no table for a half-valid list");
+    assert_eq!(
+        text(&out.stderr),
+        "ringlb route: key \"10.0.0.1:5555\" is not an IP address (hash.key starts with client_ip): give an address such as 10.0.0.1 or 2001:db8::1\n"
+    );
+    let out = ringlb(&["route", "--config", p, "2001:db8::1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
