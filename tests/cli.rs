@@ -542,3 +542,56 @@ fn route_with_client_ip_rejects_what_is_not_an_ip_address() {
     let out = ringlb(&["route", "--config", p, "2001:db8::1"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+/// Runs ringlb on a config whose listener's port is taken, so it logs "starting" and
+/// exits 1 at once; returns what it wrote. `on_a_terminal` runs it under script(1).
+fn log_a_failed_start(name: &str, no_color: Option<&str>, on_a_terminal: bool) -> String {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("take a port");
+    let addr = taken.local_addr().expect("local addr");
+    let path = write_config(
+        name,
+        &format!("listeners:\n  - bind: \"{addr}\"\nbackends:\n  - address: \"127.0.0.1:9001\"\n"),
+    );
+    let ringlb = format!(
+        "{} --config {}",
+        env!("CARGO_BIN_EXE_ringlb"),
+        path.display()
+    );
+    let mut cmd = if on_a_terminal {
+        // script(1) runs the command on a pseudo-terminal and copies what it writes.
+        let mut c = Command::new("script");
+        c.args(["-qec", &ringlb, "/dev/null"]);
+        c
+    } else {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_ringlb"));
+        c.args(["--config", path.to_str().unwrap()]);
+        c
+    };
+    cmd.env("RUST_LOG", "info").env_remove("NO_COLOR");
+    if let Some(v) = no_color {
+        cmd.env("NO_COLOR", v);
+    }
+    let out = cmd.stdin(Stdio::null()).output().expect("run ringlb");
+    assert_eq!(out.status.code(), Some(1));
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(all.contains("starting"), "{all}");
+    all
+}
+
+#[test]
+fn logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
+    let log = log_a_failed_start("no-tty", None, false);
+    assert!(!log.contains('\u{1b}'), "{log:?}");
+}
+
+#[test]
+fn on_a_terminal_logs_are_coloured_unless_no_color_is_set() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: no script(1) to make a terminal");
+        return;
+    }
+    assert!(log_a_failed_start("tty", None, true).contains('\u{1b}'));
+    assert!(log_a_failed_start("tty-empty", Some(""), true).contains('\u{1b}'));
+    let log = log_a_failed_start("tty-no-color", Some("1"), true);
+    assert!(!log.contains('\u{1b}'), "{log:?}");
+}
