@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::backend::BackendState;
-use crate::reload::{LastReload, Reloader, Reloads};
+use crate::reload::{LastReload, Reloader, Reloads, RestartRequired};
 use crate::snapshot::{Live, Snapshot};
 
 const JSON: &str = "application/json";
@@ -225,7 +225,11 @@ pub fn answer(
         "/status" => reply(
             StatusCode::OK,
             JSON,
-            pretty(&status(&snap, reloader.and_then(Reloader::last))),
+            pretty(&status(
+                &snap,
+                reloader.and_then(Reloader::last),
+                &reloader.map(Reloader::restart_required).unwrap_or_default(),
+            )),
         ),
         "/route" => match query_param(req.uri().query().unwrap_or(""), "key") {
             Some(key) => match route(&snap, &key) {
@@ -278,6 +282,11 @@ fn state(b: &BackendState) -> &'static str {
     }
 }
 
+/// The YAML keys of settings waiting for a restart, e.g. `["admin.bind"]`.
+fn restart_keys(restart: &[RestartRequired]) -> Vec<&'static str> {
+    restart.iter().map(|r| r.key).collect()
+}
+
 fn rfc3339(t: std::time::SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
@@ -306,7 +315,10 @@ async fn reload(req: &Request<Incoming>, reloader: Option<&Reloader>) -> Respons
         Ok(generation) => reply(
             StatusCode::OK,
             JSON,
-            pretty(&json!({ "generation": generation })),
+            pretty(&json!({
+                "generation": generation,
+                "restart_required": restart_keys(&reloader.restart_required()),
+            })),
         ),
         Err(error) => reply(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -316,8 +328,9 @@ async fn reload(req: &Request<Incoming>, reloader: Option<&Reloader>) -> Respons
     }
 }
 
-/// The `/status` document; `last` is the latest reload's outcome, if one ran.
-pub fn status(snap: &Snapshot, last: Option<LastReload>) -> Value {
+/// The `/status` document; `last` is the latest reload's outcome, if one ran, and
+/// `restart` the start-up settings the live config changes (they wait for a restart).
+pub fn status(snap: &Snapshot, last: Option<LastReload>, restart: &[RestartRequired]) -> Value {
     let shares = snap.shares();
     let backends: Vec<Value> = snap
         .backends
@@ -344,7 +357,8 @@ pub fn status(snap: &Snapshot, last: Option<LastReload>) -> Value {
         "generation": snap.generation,
         "loaded_at": rfc3339(snap.loaded_at),
         "ring_fingerprint": format!("{:016x}", snap.ring_fingerprint()),
-                "last_reload": match last {
+        "restart_required": restart_keys(restart),
+        "last_reload": match last {
             Some(l) => json!({
                 "result": if l.error.is_some() { "error" } else { "ok" },
                 "at": rfc3339(l.at),

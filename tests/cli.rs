@@ -595,3 +595,53 @@ fn on_a_terminal_logs_are_coloured_unless_no_color_is_set() {
     let log = log_a_failed_start("tty-no-color", Some("1"), true);
     assert!(!log.contains('\u{1b}'), "{log:?}");
 }
+
+#[test]
+fn a_reload_that_changes_workers_warns_that_it_takes_a_restart() {
+    let path = write_config(
+        "workers-warn",
+        "listeners:\n  - bind: \"127.0.0.1:0\"\nbackends:\n  - address: \"127.0.0.1:9001\"\nworkers: 1\n",
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringlb"))
+        .args(["--config", path.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ringlb");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let wait_for = |what: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains(what) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no log line with {what:?}: {e}"),
+            }
+        }
+    };
+    wait_for("listening");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text.replace("workers: 1", "workers: 2")).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    let line = wait_for("workers changed");
+    assert!(line.contains("WARN"), "{line}");
+    assert!(
+        line.contains(
+            "workers changed from 1 to 2: it takes a restart, the rest of reload 2 is live"
+        ),
+        "{line}"
+    );
+    signal(&child, "-TERM");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
