@@ -1,9 +1,11 @@
-//! The admin listener: a small HTTP/1.1 service on its own socket, never counted against
-//! the proxy's limits, answering /healthz /ready /status /route /metrics from the live
-//! snapshot. It changes nothing.
+//! The admin listener: a small HTTP/1.1 service on its own socket with its own
+//! connection cap and time limits, never counted against the proxy's limits, answering
+//! /healthz /ready /status /route /metrics from the live snapshot. It changes nothing.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -12,23 +14,29 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::backend::BackendState;
-use crate::reload::{LastReload, Reloader};
+use crate::reload::{LastReload, Reloader, Reloads, RestartRequired};
 use crate::snapshot::{Live, Snapshot};
 
 const JSON: &str = "application/json";
-/// An admin client must send its request head within this time (and idle no longer).
-const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Pause after an accept error such as "too many open files", so the loop does not spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 const TEXT: &str = "text/plain; charset=utf-8";
 /// What Prometheus asks for; prometheus-client writes OpenMetrics text.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Serves the admin endpoints on `listener` until `stop`; connections run in `tasks`.
+///
+/// At most `limits.max_admin_connections` (read from the live snapshot at each accept,
+/// so it follows reloads) are open at once; past it, new connections wait in the listen
+/// backlog until one closes, as the traffic listeners do under `max_connections`
+/// (HAProxy's `maxconn`). Each connection is bounded by `timeouts.client_header`.
 pub async fn serve(
     listener: TcpListener,
     live: Arc<Live>,
@@ -39,48 +47,130 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "admin listening");
     }
+    let slots = Arc::new(Slots::default());
+    let mut reloads = reloader.as_ref().map(|r| r.reloads());
     loop {
+        let Some(slot) = slots.wait(&live, reloads.as_mut(), &stop).await else {
+            break;
+        };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(pair) => pair,
                 Err(e) => {
                     warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
                     continue;
                 }
             },
             () = stop.cancelled() => break,
         };
-        let live = live.clone();
-        let reloader = reloader.clone();
-        let stop = stop.clone();
-        tasks.spawn(async move {
-            let service = service_fn(move |req: Request<Incoming>| {
-                let live = live.clone();
-                let reloader = reloader.clone();
-                async move {
-                    if req.uri().path() == "/reload" {
-                        return Ok::<_, Infallible>(reload(&req, reloader.as_deref()).await);
-                    }
-                    Ok(answer(&live, reloader.as_deref(), &req))
-                }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(ADMIN_HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                () = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+        tasks.spawn(connection(
+            stream,
+            peer,
+            live.clone(),
+            reloader.clone(),
+            stop.clone(),
+            slot,
+        ));
+    }
+    // Dropping the listener closes the socket: new connections are refused from here.
+    drop(listener);
+}
+
+/// Admin connections open now, against a cap read from the live snapshot.
+#[derive(Debug, Default)]
+struct Slots {
+    open: AtomicUsize,
+    freed: Notify,
+}
+
+/// One open admin connection; dropping it frees the slot.
+struct Slot(Arc<Slots>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+        self.0.freed.notify_one();
+    }
+}
+
+impl Slots {
+    /// Waits for a free slot: until a connection closes or a reload raises the cap.
+    /// `None` when `stop` fires first.
+    async fn wait(
+        self: &Arc<Self>,
+        live: &Live,
+        mut reloads: Option<&mut Reloads>,
+        stop: &CancellationToken,
+    ) -> Option<Slot> {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            // Only the accept loop takes slots, so nothing can take this one between the
+            // check and the increment.
+            let cap = live.load().config.limits.max_admin_connections;
+            if self.open.load(Ordering::SeqCst) < cap {
+                self.open.fetch_add(1, Ordering::SeqCst);
+                return Some(Slot(self.clone()));
+            }
+            let reloaded = async {
+                match reloads.as_deref_mut() {
+                    Some(r) => r.changed().await,
+                    None => std::future::pending().await,
                 }
             };
-            if let Err(e) = result {
-                debug!(client = %peer, error = %e, "admin connection ended with an error");
+            tokio::select! {
+                () = freed => {}
+                () = reloaded => {}
+                () = stop.cancelled() => return None,
             }
-        });
+        }
+    }
+}
+
+/// Serves one admin connection, holding `slot` until it closes.
+///
+/// `timeouts.client_header` bounds every wait on the client. hyper's HTTP/1 header
+/// timer runs whenever the connection waits for a request head: from the accept, and
+/// again after each answer. So a connection that never sends a byte, sends part of a
+/// head, or idles after a request is closed after `client_header`; admin clients (curl,
+/// scrapers) reconnect cheaply, and the slots are few. tests/admin_limits.rs pins this,
+/// so a hyper upgrade that changes it fails there.
+async fn connection(
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    live: Arc<Live>,
+    reloader: Option<Arc<Reloader>>,
+    stop: CancellationToken,
+    slot: Slot,
+) {
+    let _slot = slot;
+    let limit = live.load().config.timeouts.client_header;
+    let service = service_fn(move |req: Request<Incoming>| {
+        let live = live.clone();
+        let reloader = reloader.clone();
+        async move {
+            if req.uri().path() == "/reload" {
+                return Ok::<_, Infallible>(reload(&req, reloader.as_deref()).await);
+            }
+            Ok(answer(&live, reloader.as_deref(), &req))
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limit)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        debug!(client = %peer, error = %e, "admin connection ended with an error");
     }
 }
 
@@ -117,6 +207,13 @@ pub fn answer(
                 .any(|b| !b.is_down() && owns_keys(&snap, b))
             {
                 reply(StatusCode::OK, TEXT, "ready\n".into())
+            } else if snap.ring.is_empty() {
+                // Not a health problem: checks cannot bring it back, an edit of the file can.
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    TEXT,
+                    "not ready: no backend owns any key (every weight is 0)\n".into(),
+                )
             } else {
                 reply(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -128,10 +225,17 @@ pub fn answer(
         "/status" => reply(
             StatusCode::OK,
             JSON,
-            pretty(&status(&snap, reloader.and_then(Reloader::last))),
+            pretty(&status(
+                &snap,
+                reloader.and_then(Reloader::last),
+                &reloader.map(Reloader::restart_required).unwrap_or_default(),
+            )),
         ),
         "/route" => match query_param(req.uri().query().unwrap_or(""), "key") {
-            Some(key) => reply(StatusCode::OK, JSON, pretty(&route(&snap, &key))),
+            Some(key) => match route(&snap, &key) {
+                Ok(doc) => reply(StatusCode::OK, JSON, pretty(&doc)),
+                Err(e) => reply(StatusCode::BAD_REQUEST, TEXT, format!("{e}\n")),
+            },
             None => reply(StatusCode::BAD_REQUEST, TEXT, "missing ?key=\n".into()),
         },
         _ => match snap.metrics.encode() {
@@ -178,6 +282,11 @@ fn state(b: &BackendState) -> &'static str {
     }
 }
 
+/// The YAML keys of settings waiting for a restart, e.g. `["admin.bind"]`.
+fn restart_keys(restart: &[RestartRequired]) -> Vec<&'static str> {
+    restart.iter().map(|r| r.key).collect()
+}
+
 fn rfc3339(t: std::time::SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
@@ -206,7 +315,10 @@ async fn reload(req: &Request<Incoming>, reloader: Option<&Reloader>) -> Respons
         Ok(generation) => reply(
             StatusCode::OK,
             JSON,
-            pretty(&json!({ "generation": generation })),
+            pretty(&json!({
+                "generation": generation,
+                "restart_required": restart_keys(&reloader.restart_required()),
+            })),
         ),
         Err(error) => reply(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -216,8 +328,9 @@ async fn reload(req: &Request<Incoming>, reloader: Option<&Reloader>) -> Respons
     }
 }
 
-/// The `/status` document; `last` is the latest reload's outcome, if one ran.
-pub fn status(snap: &Snapshot, last: Option<LastReload>) -> Value {
+/// The `/status` document; `last` is the latest reload's outcome, if one ran, and
+/// `restart` the start-up settings the live config changes (they wait for a restart).
+pub fn status(snap: &Snapshot, last: Option<LastReload>, restart: &[RestartRequired]) -> Value {
     let shares = snap.shares();
     let backends: Vec<Value> = snap
         .backends
@@ -244,7 +357,8 @@ pub fn status(snap: &Snapshot, last: Option<LastReload>) -> Value {
         "generation": snap.generation,
         "loaded_at": rfc3339(snap.loaded_at),
         "ring_fingerprint": format!("{:016x}", snap.ring_fingerprint()),
-                "last_reload": match last {
+        "restart_required": restart_keys(restart),
+        "last_reload": match last {
             Some(l) => json!({
                 "result": if l.error.is_some() { "error" } else { "ok" },
                 "at": rfc3339(l.at),
@@ -258,14 +372,17 @@ pub fn status(snap: &Snapshot, last: Option<LastReload>) -> Value {
 
 /// The `/route` document: the key's owner, its failover order with each backend's
 /// state, and which backend serves it now.
-pub fn route(snap: &Snapshot, key: &str) -> Value {
+///
+/// # Errors
+/// `KeyValueError` when the first key source can never yield `key`.
+pub fn route(snap: &Snapshot, key: &str) -> Result<Value, crate::key::KeyValueError> {
     let source = snap
         .config
         .hash
         .key
         .first()
         .unwrap_or(&crate::config::KeySource::Path);
-    let hash = crate::key::hash_value(source, key);
+    let hash = crate::key::hash_value(source, key)?;
     let order: Vec<&Arc<BackendState>> = snap
         .ring
         .failover(hash)
@@ -275,7 +392,7 @@ pub fn route(snap: &Snapshot, key: &str) -> Value {
         .iter()
         .find(|b| b.is_available())
         .or_else(|| order.iter().find(|b| !b.is_down()));
-    json!({
+    Ok(json!({
         "key": key,
         "hash": format!("{hash:016x}"),
         "backend": order.first().map(|b| &*b.name),
@@ -286,7 +403,7 @@ pub fn route(snap: &Snapshot, key: &str) -> Value {
             "healthy": b.is_available(),
             "state": state(b),
         })).collect::<Vec<_>>(),
-    })
+    }))
 }
 
 /// The percent-decoded value of `name` in a query string.

@@ -2,6 +2,7 @@
 //! turns outcomes into exit codes; the work itself is the library's.
 
 use std::fmt::Write as _;
+use std::io::{self, IsTerminal, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -60,9 +61,16 @@ pub enum LogFormat {
     Json,
 }
 
-/// The whole binary: parse, dispatch, exit code.
+/// Exit code of a usage error, a flag or argument that cannot be right (clap's own).
+const USAGE_ERROR: u8 = 2;
+
+/// The whole binary: parse, dispatch, exit code. 0 success, 1 invalid config or
+/// start-up failure (or output that cannot be written), 2 usage error.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return parse_failed(&e),
+    };
     let _flush_logs_at_exit = crate::logging::init(match cli.log_format {
         LogFormat::Text => crate::logging::Format::Text,
         LogFormat::Json => crate::logging::Format::Json,
@@ -74,7 +82,7 @@ pub fn main() -> ExitCode {
     let config = match loaded {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("{e}");
+            complain(&e);
             return ExitCode::FAILURE;
         }
     };
@@ -84,20 +92,65 @@ pub fn main() -> ExitCode {
             Ok(snap) => {
                 let out = match cmd {
                     Command::Check => check_summary(&snap),
-                    Command::Route { keys } => route_table(&snap, &keys),
+                    Command::Route { keys } => match route_table(&snap, &keys) {
+                        Ok(table) => table,
+                        Err(e) => {
+                            complain(&format_args!("ringlb route: {e}"));
+                            return ExitCode::from(USAGE_ERROR);
+                        }
+                    },
                     Command::Ring => ring_table(&snap),
                     // Handled before the config is loaded.
                     Command::Diff { .. } => String::new(),
                 };
-                print!("{out}");
-                ExitCode::SUCCESS
+                write_out(&out)
             }
             Err(e) => {
-                eprintln!("{}: {e}", cli.config.display());
+                complain(&format_args!("{}: {e}", cli.config.display()));
                 ExitCode::FAILURE
             }
         },
     }
+}
+
+/// What clap does on a parse "failure", but with `--help` and `--version` written
+/// as any other output (see [`write_out`]); usage errors go to stderr with exit 2.
+fn parse_failed(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        // A terminal can be neither closed nor full, and clap colours for it.
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion if !io::stdout().is_terminal() => {
+            write_out(&e.render().to_string())
+        }
+        _ => {
+            // Printing to stderr: if even that fails, the exit code is all that is left.
+            let _ = e.print();
+            match u8::try_from(e.exit_code()) {
+                Ok(code) => ExitCode::from(code),
+                Err(_) => ExitCode::from(USAGE_ERROR),
+            }
+        }
+    }
+}
+
+/// Writes a command's output to stdout. A closed stdout (the reader is gone, as with
+/// `| head -1`) ends the command quietly with 0, as other Unix tools end; any other
+/// failure, such as a full disk, is an error sentence and exit 1.
+fn write_out(text: &str) -> ExitCode {
+    let mut out = io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            complain(&format_args!("ringlb: cannot write the output: {e}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One error line on stderr; unlike `eprintln!`, no panic when stderr is closed.
+fn complain(message: &dyn std::fmt::Display) {
+    let _ = writeln!(io::stderr(), "{message}");
 }
 
 fn run(path: &std::path::Path, config: Config) -> ExitCode {
@@ -117,7 +170,7 @@ fn run(path: &std::path::Path, config: Config) -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
+            complain(&format_args!("ringlb: cannot start the runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -131,7 +184,7 @@ fn run(path: &std::path::Path, config: Config) -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("ringlb: {e}");
+                complain(&format_args!("ringlb: {e}"));
                 ExitCode::FAILURE
             }
         }
@@ -145,12 +198,9 @@ fn diff_files(old: &std::path::Path, new: &std::path::Path) -> ExitCode {
         Snapshot::build(config, None).map_err(|e| format!("{}: {e}", p.display()))
     };
     match (build(old), build(new)) {
-        (Ok(o), Ok(n)) => {
-            print!("{}", crate::diff::diff(&o, &n));
-            ExitCode::SUCCESS
-        }
+        (Ok(o), Ok(n)) => write_out(&crate::diff::diff(&o, &n).to_string()),
         (Err(e), _) | (_, Err(e)) => {
-            eprintln!("{e}");
+            complain(&e);
             ExitCode::FAILURE
         }
     }
@@ -226,12 +276,16 @@ pub fn check_summary(snap: &Snapshot) -> String {
 }
 
 /// `ringlb route`: one line per key.
-pub fn route_table(snap: &Snapshot, keys: &[String]) -> String {
+///
+/// # Errors
+/// `KeyValueError` for the first key the first configured source can never yield
+/// (`10.0.0.1:5555` for `client_ip`); nothing is printed then.
+pub fn route_table(snap: &Snapshot, keys: &[String]) -> Result<String, crate::key::KeyValueError> {
     let mut out = String::new();
     // A key is read as the first configured source yields it (an IP for client_ip, ...).
     let source = snap.config.hash.key.first().unwrap_or(&KeySource::Path);
     for key in keys {
-        let hash = crate::key::hash_value(source, key);
+        let hash = crate::key::hash_value(source, key)?;
         let order: Vec<&str> = snap
             .ring
             .failover(hash)
@@ -255,7 +309,7 @@ pub fn route_table(snap: &Snapshot, keys: &[String]) -> String {
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// `ringlb ring`: share vs ideal per backend, and the spread.

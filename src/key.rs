@@ -53,14 +53,27 @@ pub fn hash_source(parts: &Parts, peer: IpAddr, source: &KeySource) -> Option<u6
 /// The hash of a key value as a person types it (for `ringlb route`), read the way
 /// `source` yields it from a request: an address for `client_ip`, a host in any case
 /// and with or without port for `host`, the bytes as they are otherwise.
-pub fn hash_value(source: &KeySource, value: &str) -> u64 {
+///
+/// # Errors
+/// `KeyValueError::NotAnIp` for a `client_ip` value that is not an IP address (such as
+/// `10.0.0.1:5555`): no request could yield it, so its hash would route nothing.
+pub fn hash_value(source: &KeySource, value: &str) -> Result<u64, KeyValueError> {
     match source {
         KeySource::ClientIp => value
             .parse()
-            .map_or_else(|_| hash_key(value.as_bytes()), hash_ip),
-        KeySource::Host => hash_host(value),
-        _ => hash_key(value.as_bytes()),
+            .map(hash_ip)
+            .map_err(|_| KeyValueError::NotAnIp(value.to_owned())),
+        KeySource::Host => Ok(hash_host(value)),
+        _ => Ok(hash_key(value.as_bytes())),
     }
+}
+
+/// A key value, as a person types it, that its source can never yield.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyValueError {
+    /// `client_ip` keys are bare addresses: no port, no name.
+    #[error("key {0:?} is not an IP address (hash.key starts with client_ip): give an address such as 10.0.0.1 or 2001:db8::1")]
+    NotAnIp(String),
 }
 
 /// An IPv4 client hashes the same whether it arrived over IPv4 or IPv6 (v4-mapped).
@@ -203,14 +216,21 @@ mod tests {
     fn typed_values_hash_as_requests_yield_them() {
         let p = parts("/", &[("host", "Shop.Example:81")]);
         assert_eq!(
-            Some(hash_value(&KeySource::ClientIp, "10.1.2.3")),
+            hash_value(&KeySource::ClientIp, "10.1.2.3").ok(),
             hash_source(&p, PEER, &KeySource::ClientIp)
         );
         assert_eq!(
-            Some(hash_value(&KeySource::Host, "shop.example")),
+            hash_value(&KeySource::Host, "shop.example").ok(),
             hash_source(&p, PEER, &KeySource::Host)
         );
-        assert_eq!(hash_value(&KeySource::Path, "/a"), hash_key(b"/a"));
+        assert_eq!(
+            hash_value(&KeySource::Path, "/a").ok(),
+            Some(hash_key(b"/a"))
+        );
+        assert!(matches!(
+            hash_value(&KeySource::ClientIp, "10.0.0.1:5555"),
+            Err(KeyValueError::NotAnIp(_))
+        ));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! through batching writers, so a request never waits on a terminal or a pipe and
 //! never wakes a thread per line. Nothing else.
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -52,6 +52,10 @@ pub fn init(format: Format) -> [FlushGuard; 2] {
     let not_access = filter.and(filter_fn(|meta| meta.target() != ACCESS_TARGET));
     let diagnostics_layer = match format {
         Format::Text => tfmt::layer()
+            .with_ansi(colour(
+                io::stderr().is_terminal(),
+                std::env::var_os("NO_COLOR"),
+            ))
             .with_writer(diagnostics)
             .with_filter(not_access)
             .boxed(),
@@ -71,6 +75,13 @@ pub fn init(format: Format) -> [FlushGuard; 2] {
         .with(access_layer)
         .init();
     [access_guard, diagnostics_guard]
+}
+
+/// Whether text diagnostics get ANSI colours: only on a terminal, and never when
+/// `NO_COLOR` is set to anything but the empty string (no-color.org). Colour codes in
+/// a file or a log collector are noise.
+fn colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// Writes access-log events: the fields as they come, into one reused buffer, with the
@@ -377,6 +388,14 @@ mod tests {
         t.write_now(&mut s);
         assert_eq!(s.len(), "2026-11-22T12:20:31.000000Z".len(), "{s}");
         assert!(s.ends_with('Z') && s.as_bytes()[19] == b'.', "{s}");
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some("".into())), "an empty NO_COLOR is unset");
+        assert!(!colour(true, Some("1".into())));
+        assert!(!colour(false, None));
     }
 
     #[derive(Clone, Default)]

@@ -1,7 +1,8 @@
 //! Hot reload: triggers (a watcher on the config file's folder, SIGHUP, `POST /reload`)
 //! coalesce into reloads that never overlap; each reads and validates the whole file,
 //! binds new listeners, builds the snapshot, then swaps it in one store. A reload that
-//! fails anywhere before the store changes nothing.
+//! fails anywhere before the store changes nothing. Settings read only at start-up
+//! (`admin.bind`, `workers`) are reported as needing a restart, never applied.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,12 +31,62 @@ pub enum ReloadError {
     /// A new listener could not bind, or the ring could not be built.
     #[error(transparent)]
     Start(#[from] crate::server::StartError),
-    /// The admin listener cannot move while running.
-    #[error("admin.bind changed: restart ringlb to move or remove the admin listener")]
-    AdminChanged,
     /// The reload's work was cancelled or panicked.
     #[error("reload aborted: {0}")]
     Aborted(String),
+}
+
+/// The settings a running process read once, at start-up: the admin listener's address
+/// and the runtime's worker threads. A reload that changes them applies everything
+/// else and reports these as waiting for a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartupSettings {
+    admin: Option<crate::config::Admin>,
+    workers: usize,
+}
+
+/// A start-up setting whose configured value differs from the running one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartRequired {
+    /// The YAML key, e.g. `admin.bind`.
+    pub key: &'static str,
+    /// What runs now.
+    pub running: String,
+    /// What the file says.
+    pub configured: String,
+}
+
+impl StartupSettings {
+    /// The start-up settings of `config`.
+    pub fn of(config: &crate::config::Config) -> Self {
+        StartupSettings {
+            admin: config.admin,
+            workers: config.workers,
+        }
+    }
+
+    /// Each start-up setting `config` changes, in YAML order.
+    pub fn restart_required(&self, config: &crate::config::Config) -> Vec<RestartRequired> {
+        let bind = |a: Option<crate::config::Admin>| {
+            a.map_or_else(|| "none".to_owned(), |a| a.bind.to_string())
+        };
+        let mut changed = Vec::new();
+        if self.admin != config.admin {
+            changed.push(RestartRequired {
+                key: "admin.bind",
+                running: bind(self.admin),
+                configured: bind(config.admin),
+            });
+        }
+        if self.workers != config.workers {
+            changed.push(RestartRequired {
+                key: "workers",
+                running: self.workers.to_string(),
+                configured: config.workers.to_string(),
+            });
+        }
+        changed
+    }
 }
 
 /// The outcome of the latest reload, for `/status`.
@@ -45,6 +96,19 @@ pub struct LastReload {
     pub at: SystemTime,
     /// The error, if it failed (the old config kept serving).
     pub error: Option<String>,
+}
+
+/// Wakes after each reload, successful or not; made by [`Reloader::reloads`].
+#[derive(Debug)]
+pub struct Reloads(watch::Receiver<Done>);
+
+impl Reloads {
+    /// Returns after the next reload; never, once the reloader has stopped.
+    pub async fn changed(&mut self) {
+        if self.0.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +128,8 @@ pub struct Reloader {
     last: Mutex<Option<LastReload>>,
     /// xxh3 of the text loaded last: file events that leave it unchanged do not reload.
     loaded: AtomicU64,
+    /// What the process started with, for the settings a reload cannot change.
+    started: StartupSettings,
 }
 
 impl Reloader {
@@ -71,6 +137,7 @@ impl Reloader {
     pub fn start(path: PathBuf, server: Arc<Server>) -> Arc<Reloader> {
         // What the running config was read from: a file changed since then reloads.
         let loaded = server.live().load().config.source_hash;
+        let started = StartupSettings::of(&server.live().load().config);
         let reloader = Arc::new(Reloader {
             path,
             server,
@@ -83,6 +150,7 @@ impl Reloader {
             .0,
             last: Mutex::new(None),
             loaded: AtomicU64::new(loaded),
+            started,
         });
         let tasks = reloader.server.tasks().clone();
         let stop = reloader.server.stop_token().clone();
@@ -142,6 +210,18 @@ impl Reloader {
         self.wake.notify_one();
     }
 
+    /// A handle that wakes after every reload from now on, for tasks that follow a
+    /// setting of the live snapshot (the admin listener's connection cap).
+    pub fn reloads(&self) -> Reloads {
+        Reloads(self.done.subscribe())
+    }
+
+    /// The start-up settings the live config changes: each waits for a restart.
+    pub fn restart_required(&self) -> Vec<RestartRequired> {
+        self.started
+            .restart_required(&self.server.live().load().config)
+    }
+
     /// The latest reload's outcome, if any reload ran.
     pub fn last(&self) -> Option<LastReload> {
         self.last.lock().ok().and_then(|l| l.clone())
@@ -167,6 +247,13 @@ impl Reloader {
         match &outcome {
             Ok((generation, summary)) => {
                 info!("reload {generation}: {summary}");
+                for r in self.restart_required() {
+                    warn!(
+                        setting = r.key,
+                        "{} changed from {} to {}: it takes a restart, the rest of reload {generation} is live",
+                        r.key, r.running, r.configured
+                    );
+                }
                 previous.metrics.reload(true);
                 self.set_last(LastReload { at, error: None });
             }
@@ -201,9 +288,6 @@ impl Reloader {
             Ok((config, xxh3_64(text.as_bytes())))
         })
         .await?;
-        if config.admin != previous.config.admin {
-            return Err(ReloadError::AdminChanged);
-        }
         // New listeners bind before anything changes: a bind failure fails the reload.
         let running = self.server.listening();
         let mut added = Vec::new();

@@ -472,3 +472,44 @@ async fn a_websocket_tunnel_stays_counted_as_a_client_connection() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn with_every_weight_0_ready_says_no_backend_owns_a_key() {
+    let (a, b) = (TestBackend::spawn("a").await, TestBackend::spawn("b").await);
+    let proxy = TestProxy::spawn(&yaml_for(&[("a", a.addr, 0), ("b", b.addr, 0)], ADMIN)).await;
+    let r = admin_get(&proxy, "/ready").await;
+    assert_eq!(
+        (r.status.as_u16(), r.body.as_str()),
+        (
+            503,
+            "not ready: no backend owns any key (every weight is 0)\n"
+        )
+    );
+    let r = proxy.get("/k").await;
+    assert_eq!(r.status, 503);
+    assert!(
+        r.body
+            .contains("no backend owns the key (every weight is 0)"),
+        "{}",
+        r.body
+    );
+}
+
+#[tokio::test]
+async fn route_with_client_ip_rejects_a_key_that_is_not_an_ip_address() {
+    let a = TestBackend::spawn("a").await;
+    let proxy = TestProxy::spawn(&yaml_for(
+        &[("a", a.addr, 1)],
+        &format!("{ADMIN}hash:\n  key: client_ip\n"),
+    ))
+    .await;
+    let r = admin_get(&proxy, "/route?key=10.0.0.1%3A5555").await;
+    assert_eq!(
+        (r.status.as_u16(), r.body.as_str()),
+        (400, "key \"10.0.0.1:5555\" is not an IP address (hash.key starts with client_ip): give an address such as 10.0.0.1 or 2001:db8::1\n")
+    );
+    assert_eq!(
+        admin_json(&proxy, "/route?key=10.0.0.1").await["backend"],
+        "a"
+    );
+}

@@ -439,3 +439,209 @@ async fn one_worker_serves_both_protocols_reloads_and_drains() {
     .await;
     sigterm_drains(child, in_flight, "b").await;
 }
+
+/// Runs ringlb with a stdout whose reading end is already closed, as
+/// `ringlb ... | head -0` leaves it: every write fails with EPIPE. (A socket pair, as
+/// `std::io::pipe` is newer than the crate's MSRV; a write to either says EPIPE.)
+fn ringlb_into_closed_pipe(args: &[&str]) -> Output {
+    let (reader, writer) = std::os::unix::net::UnixStream::pair().expect("make a socket pair");
+    drop(reader);
+    Command::new(env!("CARGO_BIN_EXE_ringlb"))
+        .args(args)
+        .stdout(std::os::fd::OwnedFd::from(writer))
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run the ringlb binary")
+}
+
+#[test]
+fn a_closed_stdout_ends_every_command_quietly_with_0() {
+    let path = write_config("closed-stdout", THREE);
+    let p = path.to_str().unwrap();
+    for args in [
+        &["check", "--config", p][..],
+        &["route", "--config", p, "/a", "/b"],
+        &["ring", "--config", p],
+        &["diff", p, p],
+        &["--help"],
+        &["--version"],
+    ] {
+        let out = ringlb_into_closed_pipe(args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(text(&out.stderr), "", "{args:?}");
+    }
+}
+
+#[test]
+fn a_full_stdout_is_one_error_sentence_and_exit_1() {
+    let path = write_config("full-stdout", THREE);
+    let p = path.to_str().unwrap();
+    for args in [
+        &["check", "--config", p][..],
+        &["route", "--config", p, "/a"],
+        &["ring", "--config", p],
+        &["diff", p, p],
+        &["--help"],
+        &["--version"],
+    ] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("open /dev/full");
+        let out = Command::new(env!("CARGO_BIN_EXE_ringlb"))
+            .args(args)
+            .stdout(full)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run the ringlb binary");
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(
+            text(&out.stderr),
+            "ringlb: cannot write the output: No space left on device (os error 28)\n",
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [&["--no-such-flag"][..], &["route"], &["frobnicate"]] {
+        let out = ringlb(args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(text(&out.stderr).starts_with("error: "), "{args:?}");
+        assert_eq!(text(&out.stdout), "", "{args:?}");
+    }
+}
+
+#[test]
+fn route_with_client_ip_rejects_what_is_not_an_ip_address() {
+    let path = write_config("route-not-ip", &format!("{THREE}hash:\n  key: client_ip\n"));
+    let p = path.to_str().unwrap();
+    let out = ringlb(&["route", "--config", p, "10.1.2.3", "10.0.0.1:5555"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(text(&out.stdout), "", "no table for a half-valid list");
+    assert_eq!(
+        text(&out.stderr),
+        "ringlb route: key \"10.0.0.1:5555\" is not an IP address (hash.key starts with client_ip): give an address such as 10.0.0.1 or 2001:db8::1\n"
+    );
+    let out = ringlb(&["route", "--config", p, "2001:db8::1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// Runs ringlb on a config whose listener's port is taken, so it logs "starting" and
+/// exits 1 at once; returns what it wrote. `on_a_terminal` runs it under script(1).
+fn log_a_failed_start(name: &str, no_color: Option<&str>, on_a_terminal: bool) -> String {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("take a port");
+    let addr = taken.local_addr().expect("local addr");
+    let path = write_config(
+        name,
+        &format!("listeners:\n  - bind: \"{addr}\"\nbackends:\n  - address: \"127.0.0.1:9001\"\n"),
+    );
+    let ringlb = format!(
+        "{} --config {}",
+        env!("CARGO_BIN_EXE_ringlb"),
+        path.display()
+    );
+    let mut cmd = if on_a_terminal {
+        // script(1) runs the command on a pseudo-terminal and copies what it writes.
+        let mut c = Command::new("script");
+        c.args(["-qec", &ringlb, "/dev/null"]);
+        c
+    } else {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_ringlb"));
+        c.args(["--config", path.to_str().unwrap()]);
+        c
+    };
+    cmd.env("RUST_LOG", "info").env_remove("NO_COLOR");
+    if let Some(v) = no_color {
+        cmd.env("NO_COLOR", v);
+    }
+    let out = cmd.stdin(Stdio::null()).output().expect("run ringlb");
+    assert_eq!(out.status.code(), Some(1));
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(all.contains("starting"), "{all}");
+    all
+}
+
+#[test]
+fn logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
+    let log = log_a_failed_start("no-tty", None, false);
+    assert!(!log.contains('\u{1b}'), "{log:?}");
+}
+
+#[test]
+fn on_a_terminal_logs_are_coloured_unless_no_color_is_set() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: no script(1) to make a terminal");
+        return;
+    }
+    assert!(log_a_failed_start("tty", None, true).contains('\u{1b}'));
+    assert!(log_a_failed_start("tty-empty", Some(""), true).contains('\u{1b}'));
+    let log = log_a_failed_start("tty-no-color", Some("1"), true);
+    assert!(!log.contains('\u{1b}'), "{log:?}");
+}
+
+#[test]
+fn a_reload_that_changes_workers_warns_that_it_takes_a_restart() {
+    let path = write_config(
+        "workers-warn",
+        "listeners:\n  - bind: \"127.0.0.1:0\"\nbackends:\n  - address: \"127.0.0.1:9001\"\nworkers: 1\n",
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringlb"))
+        .args(["--config", path.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ringlb");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let wait_for = |what: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains(what) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no log line with {what:?}: {e}"),
+            }
+        }
+    };
+    wait_for("listening");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text.replace("workers: 1", "workers: 2")).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    let line = wait_for("workers changed");
+    assert!(line.contains("WARN"), "{line}");
+    assert!(
+        line.contains(
+            "workers changed from 1 to 2: it takes a restart, the rest of reload 2 is live"
+        ),
+        "{line}"
+    );
+    signal(&child, "-TERM");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}

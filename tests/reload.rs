@@ -205,7 +205,10 @@ async fn an_identical_file_still_answers_a_reload_with_a_new_generation() {
     let fingerprint = status(&proxy).await["ring_fingerprint"].clone();
     assert_eq!(
         post(&proxy, "/reload").await,
-        (200, serde_json::json!({ "generation": 2 }))
+        (
+            200,
+            serde_json::json!({ "generation": 2, "restart_required": [] })
+        )
     );
     let s = status(&proxy).await;
     assert_eq!(s["generation"], 2);
@@ -528,22 +531,61 @@ async fn a_removed_backends_request_in_flight_finishes_and_route_follows_the_rel
 }
 
 #[tokio::test]
-async fn moving_the_admin_listener_is_refused_and_changes_nothing() {
-    let a = TestBackend::spawn("a").await;
+async fn moving_the_admin_listener_applies_the_rest_and_asks_for_a_restart() {
+    let (a, b) = (TestBackend::spawn("a").await, TestBackend::spawn("b").await);
     let dir = folder("admin-move");
     let path = dir.join("lb.yaml");
     std::fs::write(&path, config(&[("a", a.addr, 1)], "")).unwrap();
     let proxy = TestProxy::spawn_file(&path).await;
+    assert_eq!(
+        status(&proxy).await["restart_required"],
+        serde_json::json!([])
+    );
+
+    // A new admin address and a new backend in one edit: the backend is applied.
     let moved = yaml_for(
-        &[("a", a.addr, 1)],
+        &[("a", a.addr, 1), ("b", b.addr, 1)],
         &format!("admin:\n  bind: \"{}\"\n", dead_addr().await),
     );
     replace_by_rename(&path, &moved);
     let (code, body) = post(&proxy, "/reload").await;
-    assert_eq!(code, 422);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["restart_required"], serde_json::json!(["admin.bind"]));
+    let generation = body["generation"].as_u64().expect("a generation");
+    // (The file watcher may reload the same file once more.)
+    assert!(proxy.generation() >= generation);
+    assert_eq!(proxy.live.load().backends.len(), 2);
+    assert_serving_as_routed(&proxy, 30).await;
+    assert!(b.hits() > 0, "the new backend serves its keys");
+    // The admin listener stays where it was (this request reached it) and says so.
+    let st = status(&proxy).await;
+    assert_eq!(st["restart_required"], serde_json::json!(["admin.bind"]));
+    assert_eq!(st["last_reload"]["result"], "ok");
+
+    // Back to the running address: nothing waits for a restart any more.
+    replace_by_rename(&path, &config(&[("a", a.addr, 1), ("b", b.addr, 1)], ""));
+    let (code, body) = post(&proxy, "/reload").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["restart_required"], serde_json::json!([]));
     assert_eq!(
-        body["error"],
-        "admin.bind changed: restart ringlb to move or remove the admin listener"
+        status(&proxy).await["restart_required"],
+        serde_json::json!([])
     );
-    assert_eq!(proxy.generation(), 1);
+}
+
+#[tokio::test]
+async fn a_change_of_workers_is_reported_as_needing_a_restart() {
+    let a = TestBackend::spawn("a").await;
+    let dir = folder("workers");
+    let path = dir.join("lb.yaml");
+    std::fs::write(&path, config(&[("a", a.addr, 1)], "workers: 2\n")).unwrap();
+    let proxy = TestProxy::spawn_file(&path).await;
+    replace_by_rename(&path, &config(&[("a", a.addr, 1)], "workers: 3\n"));
+    let (code, body) = post(&proxy, "/reload").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["restart_required"], serde_json::json!(["workers"]));
+    assert_eq!(
+        status(&proxy).await["restart_required"],
+        serde_json::json!(["workers"])
+    );
 }
