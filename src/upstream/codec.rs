@@ -142,8 +142,10 @@ pub fn parse_response(
     // Transfer codings across every Transfer-Encoding line, empty list elements not
     // counted (RFC 9110 §5.6.1); only a lone `chunked` is a framing we pass on.
     let mut codings = 0u32;
+    let mut te_present = false;
     let mut chunked = false;
-    let mut close = minor == 0;
+    // `close` wins over `keep-alive` wherever it stands (RFC 9112 §9.3).
+    let (mut said_close, mut said_keep_alive) = (false, false);
     for &(ns, ne, vs, ve) in &spans[..count] {
         let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
             .map_err(|_| Malformed::Head(httparse::Error::HeaderName))?;
@@ -157,6 +159,7 @@ pub fn parse_response(
             }
             length = Some(n);
         } else if name == header::TRANSFER_ENCODING {
+            te_present = true;
             for coding in value
                 .as_bytes()
                 .split(|&b| b == b',')
@@ -170,19 +173,27 @@ pub fn parse_response(
         } else if name == header::CONNECTION {
             for token in value.as_bytes().split(|&b| b == b',') {
                 let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && minor == 0 {
-                    close = false;
-                }
+                said_close |= token.eq_ignore_ascii_case(b"close");
+                said_keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }
         }
         headers.append(name, value);
     }
+    let mut close = said_close || (minor == 0 && !said_keep_alive);
     let body_allowed = !(head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED);
+    // A Transfer-Encoding field with no coding in it is still there: it overrides
+    // Content-Length and does not end in chunked (RFC 9112 §6.3).
+    if te_present && codings == 0 && body_allowed {
+        return Err(Malformed::TransferCoding);
+    }
+    if te_present && (length.is_some() || minor == 0) {
+        // Either beside the other, or any Transfer-Encoding in an HTTP/1.0 answer,
+        // leaves the framing in doubt (RFC 9112 §6.1, §6.3): closed after, not pooled.
+        close = true;
+    }
     if codings > 0 {
         // An answer without a body (HEAD, 304) may name what a GET would have been sent
         // with; nothing is decoded, so nothing is misread.
