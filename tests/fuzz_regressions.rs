@@ -124,7 +124,6 @@ fn key_seeds_hash_without_panic() {
 /// unknown key whole, so a key that spans lines puts line breaks inside one sentence
 /// and the error no longer reads as one `file:line:col: message` per line.
 #[test]
-#[ignore = "finding: an unknown multi-line key breaks the one-sentence-per-line error"]
 fn an_unknown_multiline_key_stays_one_line_of_error() {
     let text = "listeners: [{bind: \"[::1]:8080\"}]\nbackends: [{addre\r\r\r//m_read: 25h}]\n";
     let Err(ConfigError::Invalid(ds)) = config::from_str(text, "fuzz.yaml") else {

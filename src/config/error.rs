@@ -77,6 +77,15 @@ pub(crate) fn from_yaml(origin: &str, err: &serde_yaml::Error) -> Diagnostic {
     Diagnostic {
         origin: origin.to_owned(),
         position,
-        message,
+        message: one_line(&message),
     }
+}
+
+/// serde_yaml quotes what the user wrote, line breaks included (an unknown key that
+/// spans lines); escaped, one problem stays one line that starts with its position.
+fn one_line(text: &str) -> String {
+    if !text.contains(['\n', '\r']) {
+        return text.to_owned();
+    }
+    text.replace('\r', "\\r").replace('\n', "\\n")
 }
