@@ -87,7 +87,7 @@ async fn demo() -> Result<(), Box<dyn std::error::Error>> {
         }
         let snap = live.load();
         let routed = snap
-            .ring
+            .placement
             .owner(ringlb::ring::hash_key(p.as_bytes()))
             .map_or("none", |id| &*snap.backend(id).name)
             .to_owned();

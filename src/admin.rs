@@ -207,7 +207,7 @@ pub fn answer(
                 .any(|b| !b.is_down() && owns_keys(&snap, b))
             {
                 reply(StatusCode::OK, TEXT, "ready\n".into())
-            } else if snap.ring.is_empty() {
+            } else if snap.placement.is_empty() {
                 // Not a health problem: checks cannot bring it back, an edit of the file can.
                 reply(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -357,6 +357,7 @@ pub fn status(snap: &Snapshot, last: Option<LastReload>, restart: &[RestartRequi
         "generation": snap.generation,
         "loaded_at": rfc3339(snap.loaded_at),
         "ring_fingerprint": format!("{:016x}", snap.ring_fingerprint()),
+        "algorithm": snap.placement.algorithm().name(),
         "restart_required": restart_keys(restart),
         "last_reload": match last {
             Some(l) => json!({
@@ -384,7 +385,7 @@ pub fn route(snap: &Snapshot, key: &str) -> Result<Value, crate::key::KeyValueEr
         .unwrap_or(&crate::config::KeySource::Path);
     let hash = crate::key::hash_value(source, key)?;
     let order: Vec<&Arc<BackendState>> = snap
-        .ring
+        .placement
         .failover(hash)
         .map(|id| snap.backend(id))
         .collect();

@@ -231,10 +231,9 @@ pub fn check_summary(snap: &Snapshot) -> String {
     }
     let _ = writeln!(
         out,
-        "hash: key {}, {} vnodes, {} points, ring fingerprint {:016x}",
+        "hash: key {}, {}, ring fingerprint {:016x}",
         keys.join(" then "),
-        c.hash.vnodes,
-        snap.ring.len(),
+        placement_summary(snap),
         snap.ring_fingerprint()
     );
     match &c.health_check {
@@ -287,14 +286,14 @@ pub fn route_table(snap: &Snapshot, keys: &[String]) -> Result<String, crate::ke
     for key in keys {
         let hash = crate::key::hash_value(source, key)?;
         let order: Vec<&str> = snap
-            .ring
+            .placement
             .failover(hash)
             .map(|id| &*snap.backend(id).name)
             .collect();
         match order.first() {
             Some(first) => {
                 let addr = snap
-                    .ring
+                    .placement
                     .owner(hash)
                     .map(|id| snap.backend(id).address.to_string())
                     .unwrap_or_default();
@@ -344,7 +343,11 @@ pub fn ring_table(snap: &Snapshot) -> String {
             "{:width$}  {:>6}  {:>7}  {:>7.2}%  {:>7.2}%  {:>6.3}",
             b.name,
             b.weight,
-            u64::from(b.weight) * u64::from(c.hash.vnodes),
+            match snap.placement.algorithm() {
+                crate::placement::Algorithm::Ring => u64::from(b.weight) * u64::from(c.hash.vnodes),
+                crate::placement::Algorithm::MultiProbe => u64::from(b.weight),
+                _ => 0,
+            },
             share * 100.0,
             ideal * 100.0,
             ratio
@@ -352,9 +355,25 @@ pub fn ring_table(snap: &Snapshot) -> String {
     }
     let _ = writeln!(
         out,
-        "max/mean load: {worst:.3} ({} points, {} vnodes per unit of weight)",
-        snap.ring.len(),
-        c.hash.vnodes
+        "max/mean load: {worst:.3} ({}{})",
+        placement_summary(snap),
+        if snap.placement.shares_exact() {
+            ""
+        } else {
+            "; shares estimated over 65,536 keys"
+        }
     );
     out
+}
+
+/// The algorithm and the size of its structure, as `check` and `ring` print them
+/// (the ring's wording is the one from before there were other algorithms).
+fn placement_summary(snap: &Snapshot) -> String {
+    let p = &snap.placement;
+    match p.algorithm() {
+        crate::placement::Algorithm::Ring => {
+            format!("{} vnodes, {} points", snap.config.hash.vnodes, p.len())
+        }
+        a => format!("algorithm {a}, {} {}", p.len(), p.unit()),
+    }
 }

@@ -17,7 +17,7 @@
 //!                                              │
 //! request ─▶ server ─▶ proxy::handle: snap = live.load_full() (kept to the end)
 //!                      hash = key::hash(parts, peer, &snap.config.hash.key)
-//!                      for id in snap.ring.failover(hash) → upstream pool → response
+//!                      for id in snap.placement.failover(hash) → upstream pool → response
 //! ```
 //!
 //! `ring`, `key`, `proxy::headers` and `config` are pure; `server`, `upstream` and
@@ -35,6 +35,7 @@ pub mod health;
 pub mod key;
 pub mod logging;
 pub mod metrics;
+pub mod placement;
 pub mod proxy;
 pub mod reload;
 pub mod ring;

@@ -472,15 +472,26 @@ impl Iterator for Points<'_> {
 impl ExactSizeIterator for Points<'_> {}
 
 /// Backends already yielded by a walk; inline for the usual short walks.
-#[derive(Default)]
-struct Seen {
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Seen {
     inline: [u32; 8],
     len: usize,
     spill: Vec<u32>,
 }
 
 impl Seen {
-    fn insert(&mut self, id: u32) -> bool {
+    /// Backends recorded.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when `id` has been recorded.
+    pub(crate) fn contains(&self, id: u32) -> bool {
+        self.inline[..self.len.min(8)].contains(&id) || self.spill.contains(&id)
+    }
+
+    /// Records `id`; false when it was already there.
+    pub(crate) fn insert(&mut self, id: u32) -> bool {
         if self.len < 8 {
             if self.inline[..self.len].contains(&id) {
                 return false;

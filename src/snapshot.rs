@@ -12,7 +12,8 @@ use arc_swap::ArcSwap;
 use crate::backend::BackendState;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::ring::{BackendId, Member, Ring, RingError};
+use crate::placement::{Placement, Spec};
+use crate::ring::{BackendId, Member, RingError};
 
 /// Everything a request reads, swapped whole.
 #[derive(Debug)]
@@ -21,8 +22,8 @@ pub struct Snapshot {
     pub generation: u64,
     /// The validated config.
     pub config: Config,
-    /// Built from `config.backends` and `config.hash.vnodes`.
-    pub ring: Ring,
+    /// Built from `config.backends` and `config.hash` (algorithm, vnodes, table size).
+    pub placement: Placement,
     /// Indexed by `BackendId`, in `config.backends` order.
     pub backends: Vec<Arc<BackendState>>,
     /// When this snapshot was built.
@@ -32,6 +33,9 @@ pub struct Snapshot {
     /// `ring_fingerprint`, computed at its first use: hashing every point takes
     /// milliseconds at 1,000 backends, and `/metrics` and `/status` ask on each scrape.
     fingerprint: std::sync::OnceLock<u64>,
+    /// `shares`, computed at their first use: sampled for some algorithms, and
+    /// `/status` asks on each scrape.
+    shares: std::sync::OnceLock<Vec<f64>>,
 }
 
 /// The live snapshot.
@@ -78,35 +82,46 @@ impl Snapshot {
                 })
             })
             .collect::<Result<Vec<_>, RingError>>()?;
-        let ring = Ring::build(&members, config.hash.vnodes)?;
+        let placement = Placement::build(
+            &members,
+            Spec {
+                algorithm: config.hash.algorithm,
+                vnodes: config.hash.vnodes,
+                table_size: config.hash.maglev_table_size,
+            },
+        )?;
         Ok(Snapshot {
             generation: previous.map_or(1, |p| p.generation + 1),
             config,
-            ring,
+            placement,
             backends,
             loaded_at: SystemTime::now(),
             metrics,
             fingerprint: std::sync::OnceLock::new(),
+            shares: std::sync::OnceLock::new(),
         })
     }
 
     /// The backend behind a ring id.
     ///
     /// # Panics
-    /// Never for ids from `self.ring`: the ring is built from `self.backends`' indices.
+    /// Never for ids from `self.placement`: it is built from `self.backends`' indices.
     pub fn backend(&self, id: BackendId) -> &Arc<BackendState> {
         &self.backends[id.index()]
     }
 
     /// Each backend's exact share of the key space, in `config.backends` order.
     pub fn shares(&self) -> Vec<f64> {
-        self.ring.shares(self.backends.len())
+        self.shares
+            .get_or_init(|| self.placement.shares(self.backends.len()))
+            .clone()
     }
 
     /// The ring's fingerprint: equal on every process that maps keys identically.
     pub fn ring_fingerprint(&self) -> u64 {
-        *self
-            .fingerprint
-            .get_or_init(|| self.ring.fingerprint(|id| &self.backends[id.index()].name))
+        *self.fingerprint.get_or_init(|| {
+            self.placement
+                .fingerprint(|id| &self.backends[id.index()].name)
+        })
     }
 }

@@ -96,7 +96,7 @@ fn route_prints_owner_and_failover_order_as_the_ring_has_them() {
         .iter()
         .map(|k| {
             let order: Vec<&str> = snap
-                .ring
+                .placement
                 .failover(ringlb::ring::hash_key(k.as_bytes()))
                 .map(|id| &*snap.backend(id).name)
                 .collect();
@@ -250,7 +250,7 @@ fn route_reads_keys_as_the_configured_source_yields_them() {
     let config = ringlb::config::load(&path).unwrap();
     let snap = ringlb::snapshot::Snapshot::build(config, None).unwrap();
     let owner = snap
-        .ring
+        .placement
         .owner(ringlb::ring::hash_key(&[10, 1, 2, 3]))
         .unwrap();
     let stdout = text(&out.stdout);

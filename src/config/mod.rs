@@ -95,8 +95,13 @@ pub struct Listener {
 pub struct Hash {
     /// Sources tried in order; the path when none is present.
     pub key: Vec<KeySource>,
-    /// Points per unit of weight, 1..=10000.
+    /// Points per unit of weight, 1..=10000 (`ring` only).
     pub vnodes: u32,
+    /// Which placement algorithm.
+    pub algorithm: crate::placement::Algorithm,
+    /// Maglev's table size, a prime: as configured, or the default (65,537, or the
+    /// smallest prime with 100 slots per unit of weight if larger).
+    pub maglev_table_size: u64,
 }
 
 /// One ring member.

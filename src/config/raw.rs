@@ -6,8 +6,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::value::{
-    Address, BindAddr, CheckPath, FailureCount, KeySpec, MaxConnections, MaxHeaderBytes, Name,
-    Retries, Span, Threshold, Vnodes, Weight, Workers,
+    Address, AlgorithmName, BindAddr, CheckPath, FailureCount, KeySpec, MaxConnections,
+    MaxHeaderBytes, Name, Retries, Span, TableSize, Threshold, Vnodes, Weight, Workers,
 };
 
 /// Ring points per unit of weight when `hash.vnodes` is absent (nginx's `hash ... consistent` uses 160).
@@ -148,6 +148,12 @@ pub struct RawHash {
     /// Ring points per unit of weight.
     #[serde(default = "default_vnodes")]
     pub vnodes: Vnodes,
+    /// The placement algorithm.
+    #[serde(default)]
+    pub algorithm: AlgorithmName,
+    /// Maglev's table size, a prime; only with `algorithm: maglev`.
+    #[serde(default)]
+    pub maglev_table_size: Option<TableSize>,
 }
 
 impl Default for RawHash {
@@ -155,6 +161,8 @@ impl Default for RawHash {
         RawHash {
             key: KeySpec::default(),
             vnodes: default_vnodes(),
+            algorithm: AlgorithmName::default(),
+            maglev_table_size: None,
         }
     }
 }

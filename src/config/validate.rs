@@ -188,9 +188,35 @@ pub(crate) fn validate(
         });
     }
 
-    let points: u64 =
-        backends.iter().map(|b| u64::from(b.weight)).sum::<u64>() * u64::from(raw.hash.vnodes.0);
-    if points > MAX_POINTS {
+    use crate::placement::{maglev, Algorithm};
+    let total_weight: u64 = backends.iter().map(|b| u64::from(b.weight)).sum();
+    let algorithm = raw.hash.algorithm.0;
+    let points = total_weight * u64::from(raw.hash.vnodes.0);
+    let table_at = [Seg::Key("hash"), Seg::Key("maglev_table_size")];
+    let maglev_table_size = match raw.hash.maglev_table_size {
+        Some(_) if algorithm != Algorithm::Maglev => {
+            fail(
+                &table_at,
+                format!("only used with `algorithm: maglev` (the algorithm is {algorithm})"),
+            );
+            0
+        }
+        Some(size) if size.0 < total_weight * maglev::SLOTS_PER_BACKEND => {
+            fail(
+                &table_at,
+                format!(
+                    "{} slots is below {} x the sum of weights ({total_weight}); the smallest allowed prime is {}",
+                    size.0,
+                    maglev::SLOTS_PER_BACKEND,
+                    maglev::next_prime(total_weight * maglev::SLOTS_PER_BACKEND)
+                ),
+            );
+            0
+        }
+        Some(size) => size.0,
+        None => maglev::auto_table_size(total_weight),
+    };
+    if algorithm == Algorithm::Ring && points > MAX_POINTS {
         fail(
             &[Seg::Key("hash"), Seg::Key("vnodes")],
             format!("the ring would have {points} points (sum of weights x vnodes); at most {MAX_POINTS} are allowed"),
@@ -246,6 +272,8 @@ pub(crate) fn validate(
         hash: Hash {
             key: raw.hash.key.0,
             vnodes: raw.hash.vnodes.0,
+            algorithm,
+            maglev_table_size,
         },
         backends,
         timeouts: Timeouts {

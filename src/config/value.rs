@@ -486,3 +486,73 @@ mod tests {
         }
     }
 }
+
+/// `hash.algorithm`: one of the placement algorithms, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AlgorithmName(pub crate::placement::Algorithm);
+
+impl<'de> Deserialize<'de> for AlgorithmName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = AlgorithmName;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("one of ring, maglev, rendezvous, multiprobe")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<AlgorithmName, E> {
+                crate::placement::Algorithm::ALL
+                    .iter()
+                    .find(|(name, _)| *name == v)
+                    .map(|&(_, a)| AlgorithmName(a))
+                    .ok_or_else(|| {
+                        E::custom(format_args!(
+                            "unknown algorithm {v:?}; expected one of ring, maglev, rendezvous, multiprobe"
+                        ))
+                    })
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// `hash.maglev_table_size`: a prime, checked here; its floor (100 slots per unit of
+/// weight) depends on the backends and is checked in `validate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableSize(pub u64);
+
+/// The largest Maglev table: 2^24 slots (64 MiB of u32), far past 100 × 10,000 backends.
+pub const MAX_TABLE_SIZE: u64 = 1 << 24;
+
+impl<'de> Deserialize<'de> for TableSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = TableSize;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a prime number of table slots")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<TableSize, E> {
+                use crate::placement::maglev::{is_prime, next_prime};
+                if v > MAX_TABLE_SIZE {
+                    return Err(E::custom(format_args!(
+                        "expected a prime of at most {MAX_TABLE_SIZE}, got {v}"
+                    )));
+                }
+                if !is_prime(v) {
+                    return Err(E::custom(format_args!(
+                        "expected a prime, got {v}; the next prime is {}",
+                        next_prime(v)
+                    )));
+                }
+                Ok(TableSize(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<TableSize, E> {
+                match u64::try_from(v) {
+                    Ok(v) => self.visit_u64(v),
+                    Err(_) => Err(E::custom(format_args!("expected a prime, got {v}"))),
+                }
+            }
+        }
+        d.deserialize_u64(V)
+    }
+}

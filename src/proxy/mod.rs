@@ -154,7 +154,7 @@ async fn forward(
     let mut last: Option<ProxyError> = None;
     // First pass: backends available now. If none is, passive ejection alone must not
     // empty the ring: a second pass takes every backend active checks have not taken out.
-    let mut walk = snap.ring.failover(hash);
+    let mut walk = snap.placement.failover(hash);
     let mut fallback = false;
     while attempts < max_attempts {
         let next = if fallback {
@@ -165,7 +165,7 @@ async fn forward(
         let Some(id) = next else {
             if attempts == 0 && !fallback {
                 fallback = true;
-                walk = snap.ring.failover(hash);
+                walk = snap.placement.failover(hash);
                 continue;
             }
             break;
@@ -270,7 +270,7 @@ async fn forward(
             source,
         },
         Some(e) => e,
-        None if snap.ring.is_empty() => ProxyError::NoOwner,
+        None if snap.placement.is_empty() => ProxyError::NoOwner,
         None => ProxyError::NoHealthyBackend,
     })
 }

@@ -481,7 +481,7 @@ impl TestProxy {
     /// Which backend the proxy's own ring says owns `key`, and the failover order.
     pub fn route(&self, key: &[u8]) -> Vec<String> {
         let snap = self.live.load();
-        snap.ring
+        snap.placement
             .failover(ringlb::ring::hash_key(key))
             .map(|id| snap.backend(id).name.to_string())
             .collect()
