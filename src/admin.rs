@@ -332,6 +332,14 @@ async fn reload(req: &Request<Incoming>, reloader: Option<&Reloader>) -> Respons
 /// `restart` the start-up settings the live config changes (they wait for a restart).
 pub fn status(snap: &Snapshot, last: Option<LastReload>, restart: &[RestartRequired]) -> Value {
     let shares = snap.shares();
+    let bounded = snap.config.hash.balance_factor.map(|factor| {
+        let total = snap
+            .metrics
+            .load
+            .in_flight
+            .load(std::sync::atomic::Ordering::Relaxed);
+        (factor, total, snap.available_weight())
+    });
     let backends: Vec<Value> = snap
         .backends
         .iter()
@@ -349,6 +357,15 @@ pub fn status(snap: &Snapshot, last: Option<LastReload>, restart: &[RestartRequi
                 "in_flight": b.in_flight(),
                 "requests": b.metrics.requests(),
                 "failures": b.failures_total(),
+                // Bounded loads: its cap on requests in flight now, and its keys' share
+                // that went elsewhere because it was full.
+                "capacity": bounded.map(|(factor, total, weight)| {
+                    crate::balance::capacity(factor, total, c.weight, weight)
+                        .max(crate::balance::FLOOR)
+                }),
+                "spilled_in": b.metrics.spilled_in.get(),
+                "spilled_out": b.metrics.spilled_out.get(),
+                "spill_share": spill_share(b),
             })
         })
         .collect();
@@ -393,11 +410,19 @@ pub fn route(snap: &Snapshot, key: &str) -> Result<Value, crate::key::KeyValueEr
         .iter()
         .find(|b| b.is_available())
         .or_else(|| order.iter().find(|b| !b.is_down()));
+    // With bounded loads, where the key would go right now (the owner, or a spill).
+    let now = snap
+        .config
+        .hash
+        .balance_factor
+        .and_then(|factor| snap.bounded_choice(hash, factor, |_| false))
+        .map(|c| &*snap.backend(c.id).name);
     Ok(json!({
         "key": key,
         "hash": format!("{hash:016x}"),
         "backend": order.first().map(|b| &*b.name),
         "serving": serving.map(|b| &*b.name),
+        "bounded_now": now,
         "failover": order.iter().map(|b| json!({
             "name": &*b.name,
             "address": b.address.to_string(),
@@ -405,6 +430,17 @@ pub fn route(snap: &Snapshot, key: &str) -> Result<Value, crate::key::KeyValueEr
             "state": state(b),
         })).collect::<Vec<_>>(),
     }))
+}
+
+/// The share of requests for a backend's keys that spilled elsewhere.
+fn spill_share(b: &BackendState) -> f64 {
+    let out = b.metrics.spilled_out.get() as f64;
+    let served = b.metrics.requests() as f64 - b.metrics.spilled_in.get() as f64;
+    if out == 0.0 {
+        0.0
+    } else {
+        out / (out + served.max(0.0))
+    }
 }
 
 /// The percent-decoded value of `name` in a query string.

@@ -110,7 +110,13 @@ impl BackendState {
     /// Counts a request as started on it; the guard counts it finished when dropped.
     pub fn start_request(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.metrics.load.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
+    }
+
+    /// Its availability changed: bounded loads sum the available weight again.
+    fn availability_changed(&self) {
+        self.metrics.load.epoch.fetch_add(1, Ordering::Relaxed);
     }
 
     /// May take new requests: not down by active checks, not passively ejected.
@@ -135,6 +141,7 @@ impl BackendState {
             .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
         {
+            self.availability_changed();
             info!(backend = %self.name, "{} back from ejection, on probation", self.name);
         }
         false
@@ -142,7 +149,11 @@ impl BackendState {
 
     /// Applies an active-check verdict; returns true when it changed the state.
     pub fn set_down(&self, down: bool) -> bool {
-        self.down.swap(down, Ordering::Relaxed) != down
+        let changed = self.down.swap(down, Ordering::Relaxed) != down;
+        if changed {
+            self.availability_changed();
+        }
+        changed
     }
 
     /// A request it answered normally: the failure count starts over, and once an
@@ -186,6 +197,7 @@ impl BackendState {
         let millis = u64::try_from(duration.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
         self.ejected_until
             .store(clock_ms().saturating_add(millis), Ordering::Relaxed);
+        self.availability_changed();
         let failures = p.failures;
         p.ejections = nth;
         p.failures = 0;
@@ -220,6 +232,11 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0
+            .metrics
+            .load
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 

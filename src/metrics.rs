@@ -33,6 +33,28 @@ pub struct RequestLabels {
     pub code: &'static str,
 }
 
+/// A spill seen from one side: `backend` received it (`owner` empty), or `owner`'s key
+/// went elsewhere (`backend` empty). Two series per backend, made once, no label built
+/// per request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpillLabels {
+    /// The backend that took a request because its key's owner was full.
+    pub backend: String,
+    /// The owner whose key was sent elsewhere.
+    pub owner: String,
+}
+
+/// What bounded loads read: the requests in flight through this process, and a count
+/// of availability changes (health, ejections) that says when the available weight
+/// must be summed again. Shared by every backend and snapshot.
+#[derive(Debug, Default)]
+pub struct Load {
+    /// Requests sent to a backend and not finished, all backends.
+    pub in_flight: std::sync::atomic::AtomicU64,
+    /// Goes up whenever a backend becomes available or unavailable.
+    pub epoch: std::sync::atomic::AtomicU64,
+}
+
 /// `backend` alone.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendLabels {
@@ -145,6 +167,12 @@ pub struct BackendMetrics {
     requests: [Counter; 5],
     errors: [Counter; 3],
     duration: AtomicHistogram,
+    /// Requests it took because their owner was full.
+    pub spilled_in: Counter,
+    /// Requests for its keys that went elsewhere because it was full.
+    pub spilled_out: Counter,
+    /// The process's load, shared by every backend.
+    pub load: Arc<Load>,
 }
 
 impl BackendMetrics {
@@ -166,6 +194,15 @@ impl BackendMetrics {
     }
 }
 
+/// The families a backend's handles come from.
+struct Families<'a> {
+    requests: &'a Family<RequestLabels, Counter>,
+    duration: &'a Family<BackendLabels, AtomicHistogram>,
+    errors: &'a Family<ErrorLabels, Counter>,
+    spilled: &'a Family<SpillLabels, Counter>,
+    load: &'a Arc<Load>,
+}
+
 /// The process's metrics. Shared by every snapshot, so counters survive reloads.
 #[derive(Debug)]
 pub struct Metrics {
@@ -178,6 +215,9 @@ pub struct Metrics {
     /// Client connections open now.
     pub client_connections: Gauge,
     reloads: Family<ResultLabels, Counter>,
+    spilled: Family<SpillLabels, Counter>,
+    /// Requests in flight and availability changes, for bounded loads.
+    pub load: Arc<Load>,
     /// The proxy's own answers (no backend chosen: 400, 503, ...).
     pub unrouted: BackendMetrics,
     live: Arc<Mutex<Option<std::sync::Weak<Live>>>>,
@@ -231,9 +271,25 @@ impl Metrics {
             "Config loads, by result (ok, error)",
             reloads.clone(),
         );
+        let spilled = Family::<SpillLabels, Counter>::default();
+        registry.register(
+            "spilled_requests",
+            "Requests sent past their key's owner because it was full (hash.balance_factor): by the backend that took them, or by the owner",
+            spilled.clone(),
+        );
+        let load = Arc::new(Load::default());
         let live = Arc::new(Mutex::new(None));
         registry.register_collector(Box::new(LiveCollector { live: live.clone() }));
-        let unrouted = BackendMetrics::of("", &requests, &duration, &errors);
+        let unrouted = BackendMetrics::of(
+            "",
+            Families {
+                requests: &requests,
+                duration: &duration,
+                errors: &errors,
+                spilled: &Family::default(),
+                load: &load,
+            },
+        );
         Metrics {
             registry: root,
             requests,
@@ -242,6 +298,8 @@ impl Metrics {
             retries,
             client_connections,
             reloads,
+            spilled,
+            load,
             unrouted,
             live,
         }
@@ -249,7 +307,16 @@ impl Metrics {
 
     /// Handles for `backend`, made (or found) once per backend.
     pub fn backend(&self, backend: &str) -> BackendMetrics {
-        BackendMetrics::of(backend, &self.requests, &self.duration, &self.errors)
+        BackendMetrics::of(
+            backend,
+            Families {
+                requests: &self.requests,
+                duration: &self.duration,
+                errors: &self.errors,
+                spilled: &self.spilled,
+                load: &self.load,
+            },
+        )
     }
 
     /// Drops a removed backend's series, so a churn of backend names does not grow
@@ -268,6 +335,14 @@ impl Metrics {
                 kind: k.label(),
             });
         }
+        self.spilled.remove(&SpillLabels {
+            backend: b.clone(),
+            owner: String::new(),
+        });
+        self.spilled.remove(&SpillLabels {
+            backend: String::new(),
+            owner: b.clone(),
+        });
         self.duration.remove(&BackendLabels { backend: b });
     }
 
@@ -296,14 +371,33 @@ impl Metrics {
 }
 
 impl BackendMetrics {
-    fn of(
-        backend: &str,
-        requests: &Family<RequestLabels, Counter>,
-        duration: &Family<BackendLabels, AtomicHistogram>,
-        errors: &Family<ErrorLabels, Counter>,
-    ) -> Self {
+    fn of(backend: &str, m: Families<'_>) -> Self {
+        let Families {
+            requests,
+            duration,
+            errors,
+            spilled,
+            load,
+        } = m;
         let b = backend.to_owned();
+        // One statement each: get_or_create's read guard lives to the end of its
+        // statement, and a second get_or_create beside it would wait on it for ever.
+        let spilled_in = spilled
+            .get_or_create(&SpillLabels {
+                backend: b.clone(),
+                owner: String::new(),
+            })
+            .clone();
+        let spilled_out = spilled
+            .get_or_create(&SpillLabels {
+                backend: String::new(),
+                owner: b.clone(),
+            })
+            .clone();
         BackendMetrics {
+            spilled_in,
+            spilled_out,
+            load: load.clone(),
             requests: CLASSES.map(|code| {
                 requests
                     .get_or_create(&RequestLabels {

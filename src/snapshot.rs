@@ -2,6 +2,7 @@
 //! behind one `ArcSwap`, read without locks by every request. The only module that
 //! knows how those pieces are assembled.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use std::collections::HashMap;
@@ -36,6 +37,9 @@ pub struct Snapshot {
     /// `shares`, computed at their first use: sampled for some algorithms, and
     /// `/status` asks on each scrape.
     shares: std::sync::OnceLock<Vec<f64>>,
+    /// The available weight for bounded loads, and the availability epoch it was
+    /// summed at: `(epoch << 32) | weight`, `u64::MAX` before the first sum.
+    available: AtomicU64,
 }
 
 /// The live snapshot.
@@ -99,6 +103,7 @@ impl Snapshot {
             metrics,
             fingerprint: std::sync::OnceLock::new(),
             shares: std::sync::OnceLock::new(),
+            available: AtomicU64::new(u64::MAX),
         })
     }
 
@@ -123,5 +128,54 @@ impl Snapshot {
             self.placement
                 .fingerprint(|id| &self.backends[id.index()].name)
         })
+    }
+
+    /// The sum of the weights of the backends available now (when none is, of those
+    /// not down by active checks, as the request path falls back to them). Summed
+    /// again only after a backend's availability changed: O(1) on the request path.
+    pub fn available_weight(&self) -> u64 {
+        let epoch = self.metrics.load.epoch.load(Ordering::Relaxed) & 0xffff_ffff;
+        let cached = self.available.load(Ordering::Relaxed);
+        if cached != u64::MAX && cached >> 32 == epoch {
+            return cached & 0xffff_ffff;
+        }
+        let sum = |keep: &dyn Fn(&BackendState) -> bool| -> u64 {
+            self.backends
+                .iter()
+                .zip(&self.config.backends)
+                .filter(|(s, _)| keep(s))
+                .map(|(_, b)| u64::from(b.weight))
+                .sum()
+        };
+        let mut weight = sum(&BackendState::is_available);
+        if weight == 0 {
+            weight = sum(&|b: &BackendState| !b.is_down());
+        }
+        let weight = weight.min(0xffff_ffff);
+        self.available
+            .store((epoch << 32) | weight, Ordering::Relaxed);
+        weight
+    }
+
+    /// Where bounded loads send `hash` now: the first available backend of its
+    /// failover order, not excluded by `skip`, with room under `factor`; `None` when
+    /// no such backend is available.
+    pub fn bounded_choice(
+        &self,
+        hash: u64,
+        factor: f64,
+        skip: impl Fn(BackendId) -> bool,
+    ) -> Option<crate::balance::Choice> {
+        let total = self.metrics.load.in_flight.load(Ordering::Relaxed);
+        let candidates = self
+            .placement
+            .failover(hash)
+            .filter(|&id| !skip(id) && self.backend(id).is_available())
+            .map(|id| crate::balance::Candidate {
+                id,
+                in_flight: self.backend(id).in_flight(),
+                weight: self.config.backends[id.index()].weight,
+            });
+        crate::balance::choose(candidates, factor, total, self.available_weight())
     }
 }

@@ -42,6 +42,8 @@ pub struct Config {
     pub workers: usize,
     /// Write one access-log line per request.
     pub access_log: bool,
+    /// Count the hottest keys for `GET /hot`.
+    pub hot_keys: bool,
     /// The admin listener, when configured.
     pub admin: Option<Admin>,
     /// Active checks, when configured.
@@ -91,7 +93,7 @@ pub struct Listener {
 }
 
 /// The `hash` block.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Hash {
     /// Sources tried in order; the path when none is present.
     pub key: Vec<KeySource>,
@@ -99,6 +101,8 @@ pub struct Hash {
     pub vnodes: u32,
     /// Which placement algorithm.
     pub algorithm: crate::placement::Algorithm,
+    /// Bounded loads' factor `c`, when set.
+    pub balance_factor: Option<f64>,
     /// Maglev's table size, a prime: as configured, or the default (65,537, or the
     /// smallest prime with 100 slots per unit of weight if larger).
     pub maglev_table_size: u64,

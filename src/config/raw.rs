@@ -6,8 +6,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::value::{
-    Address, AlgorithmName, BindAddr, CheckPath, FailureCount, KeySpec, MaxConnections,
-    MaxHeaderBytes, Name, Retries, Span, TableSize, Threshold, Vnodes, Weight, Workers,
+    Address, AlgorithmName, BalanceFactor, BindAddr, CheckPath, FailureCount, KeySpec,
+    MaxConnections, MaxHeaderBytes, Name, Retries, Span, TableSize, Threshold, Vnodes, Weight,
+    Workers,
 };
 
 /// Ring points per unit of weight when `hash.vnodes` is absent (nginx's `hash ... consistent` uses 160).
@@ -48,6 +49,9 @@ pub struct RawConfig {
     /// One log line per request; on unless `false`.
     #[serde(default = "default_access_log")]
     pub access_log: bool,
+    /// Count the hottest keys for `GET /hot`; on unless `false`.
+    #[serde(default = "default_access_log")]
+    pub hot_keys: bool,
     /// The admin listener; absent means none.
     #[serde(default)]
     pub admin: Option<RawAdmin>,
@@ -154,6 +158,10 @@ pub struct RawHash {
     /// Maglev's table size, a prime; only with `algorithm: maglev`.
     #[serde(default)]
     pub maglev_table_size: Option<TableSize>,
+    /// Bounded loads: no backend takes more than this times its share of the
+    /// requests in flight; absent = no bound.
+    #[serde(default)]
+    pub balance_factor: Option<BalanceFactor>,
 }
 
 impl Default for RawHash {
@@ -163,6 +171,7 @@ impl Default for RawHash {
             vnodes: default_vnodes(),
             algorithm: AlgorithmName::default(),
             maglev_table_size: None,
+            balance_factor: None,
         }
     }
 }

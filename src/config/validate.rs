@@ -273,6 +273,7 @@ pub(crate) fn validate(
             key: raw.hash.key.0,
             vnodes: raw.hash.vnodes.0,
             algorithm,
+            balance_factor: raw.hash.balance_factor.map(|f| f.0),
             maglev_table_size,
         },
         backends,
@@ -294,6 +295,7 @@ pub(crate) fn validate(
         },
         workers: raw.workers.0,
         access_log: raw.access_log,
+        hot_keys: raw.hot_keys,
         admin: raw.admin.map(|a| Admin { bind: a.bind.0 }),
         health_check: raw.health_check.map(|h| HealthCheck {
             path: h.path.0,

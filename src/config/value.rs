@@ -556,3 +556,35 @@ impl<'de> Deserialize<'de> for TableSize {
         d.deserialize_u64(V)
     }
 }
+
+/// `hash.balance_factor`: bounded loads' `c`, 1.01..=100.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BalanceFactor(pub f64);
+
+impl<'de> Deserialize<'de> for BalanceFactor {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = BalanceFactor;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a number 1.01..=100")
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<BalanceFactor, E> {
+                if (1.01..=100.0).contains(&v) {
+                    Ok(BalanceFactor(v))
+                } else {
+                    Err(E::custom(format_args!(
+                        "expected a number 1.01..=100, got {v}"
+                    )))
+                }
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<BalanceFactor, E> {
+                self.visit_f64(v as f64)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<BalanceFactor, E> {
+                self.visit_f64(v as f64)
+            }
+        }
+        d.deserialize_f64(V)
+    }
+}

@@ -156,9 +156,22 @@ async fn forward(
     // empty the ring: a second pass takes every backend active checks have not taken out.
     let mut walk = snap.placement.failover(hash);
     let mut fallback = false;
+    // Bounded loads choose afresh for each attempt, among the backends not yet tried.
+    let bounded = config.hash.balance_factor;
+    let mut tried = crate::ring::Seen::default();
     while attempts < max_attempts {
         let next = if fallback {
             walk.find(|&id| !snap.backend(id).is_down())
+        } else if let Some(factor) = bounded {
+            snap.bounded_choice(hash, factor, |id| tried.contains(id.0))
+                .map(|choice| {
+                    if choice.spilled {
+                        snap.backend(choice.id).metrics.spilled_in.inc();
+                        snap.backend(choice.owner).metrics.spilled_out.inc();
+                    }
+                    tried.insert(choice.id.0);
+                    choice.id
+                })
         } else {
             walk.find(|&id| snap.backend(id).is_available())
         };
@@ -204,6 +217,7 @@ async fn forward(
                             conn,
                             backend.name.clone(),
                             config.timeouts.upstream_read,
+                            backend.start_request(),
                             ctx,
                         );
                         *res.headers_mut() = sent.head.headers;

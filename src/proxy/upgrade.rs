@@ -32,11 +32,15 @@ pub fn tunnel(
     backend: Conn,
     name: std::sync::Arc<str>,
     idle: Duration,
+    in_flight: crate::backend::InFlight,
     ctx: &ConnContext,
 ) {
     let slot = ctx.slot.clone();
     ctx.tasks.spawn(async move {
+        // Both held until the tunnel closes: its client slot, and its place in the
+        // backend's requests in flight (bounded loads count open tunnels).
         let _slot = slot;
+        let _in_flight = in_flight;
         let client = match client.await {
             Ok(c) => c,
             Err(e) => {
