@@ -4,7 +4,8 @@
 //! 100 x 160 with 0%, 10% and 50% of backends down; and the build of 1,000 x 160. Next to
 //! ringlb, in the same groups: pingora-ketama (nginx-compatible ketama, 160 points per
 //! weight) and hashring (one entry per virtual node), key bytes to backend, hashing
-//! included on every side.
+//! included on every side. And each placement algorithm's owner lookup at 100 backends
+//! (`placement/lookup/100`); the full comparison is `benches/placement.rs`.
 
 mod common;
 
@@ -16,7 +17,8 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use ringlb::backend::BackendState;
 use ringlb::config::Address;
 use ringlb::metrics::Metrics;
-use ringlb::ring::Ring;
+use ringlb::placement::{maglev, Algorithm, Placement, Spec};
+use ringlb::ring::{BackendId, Member, Ring};
 
 const VNODES: u32 = 160;
 const KEYS: usize = 1 << 20;
@@ -158,6 +160,40 @@ fn hashring_of(n: usize) -> hashring::HashRing<(usize, u32)> {
     ring
 }
 
+/// Owner lookup of each placement algorithm through `Placement`, as the proxy calls it,
+/// at 100 backends (ring at 160 vnodes, Maglev at the default table size).
+fn placement_lookup(c: &mut Criterion) {
+    let keys = keys();
+    let names = names(100);
+    let members: Vec<Member> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| Member {
+            id: BackendId::try_from(i).expect("bench sizes fit u32"),
+            name,
+            weight: 1,
+        })
+        .collect();
+    let mut group = c.benchmark_group("placement/lookup/100");
+    group.throughput(Throughput::Elements(1));
+    for (name, algorithm) in Algorithm::ALL {
+        let spec = Spec {
+            algorithm,
+            vnodes: VNODES,
+            table_size: maglev::auto_table_size(100),
+        };
+        let placement = Placement::build(&members, spec).expect("bench placement builds");
+        let mut i = 0usize;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                i = (i + 1) & (KEYS - 1);
+                black_box(placement.owner(black_box(keys[i])))
+            })
+        });
+    }
+    group.finish();
+}
+
 fn build(c: &mut Criterion) {
     let names = names(1000);
     let mut group = c.benchmark_group("build");
@@ -179,5 +215,12 @@ fn build(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, lookup, lookup_with_down, lookup_vs_peers, build);
+criterion_group!(
+    benches,
+    lookup,
+    lookup_with_down,
+    lookup_vs_peers,
+    placement_lookup,
+    build
+);
 criterion_main!(benches);
