@@ -740,7 +740,8 @@ fn run<R: Row>(row: &R, n: usize, keys: &Keys, owners: &mut [u32], skipped: &mut
 }
 
 /// With the table sized for the set (the proxy's default when no
-/// `maglev_table_size` is given), a change above 655 backends changes the size.
+/// `maglev_table_size` is given): the size steps by powers of two, so removing one of
+/// 1,000 backends keeps it, and moves what a fixed table does.
 fn maglev_auto_resize(n: usize, keys: &Keys) -> (u64, u64, f64) {
     let set: Vec<Backend> = (0..n as u32).map(|id| backend(id, 1)).collect();
     let gone = middle(n);
@@ -808,7 +809,7 @@ fn main() {
     println!("ring bytes per point: {}.", per_point.join(", "));
     let (from, to, moved) = maglev_auto_resize(1000, &keys);
     println!(
-        "maglev with the table re-sized for the new set (no `maglev_table_size`): removing one of 1000 backends changes the table from {from} to {to} slots and moves {moved:.1}x optimal."
+        "maglev with the automatic table size (no `maglev_table_size`): removing one of 1000 backends takes the table from {from} to {to} slots and moves {moved:.1}x optimal."
     );
     println!("Took {:.0} s.", started.elapsed().as_secs_f64());
 }

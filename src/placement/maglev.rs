@@ -55,10 +55,17 @@ pub fn next_prime(n: u64) -> u64 {
     p
 }
 
-/// The table size to use when the config gives none: the default, or the smallest
-/// prime with `SLOTS_PER_BACKEND` slots per unit of weight if that is larger.
+/// The table size to use when the config gives none: the default, or, past 655 units
+/// of weight, the smallest prime above the next power of two of `SLOTS_PER_BACKEND`
+/// slots per unit of weight. Stepping by powers of two keeps the size, and so the
+/// table, unchanged while backends come and go between two steps: a size that followed
+/// every change would move nearly every key on each one.
 pub fn auto_table_size(total_weight: u64) -> u64 {
-    DEFAULT_TABLE_SIZE.max(next_prime(total_weight.saturating_mul(SLOTS_PER_BACKEND)))
+    let wanted = total_weight.saturating_mul(SLOTS_PER_BACKEND);
+    if wanted <= DEFAULT_TABLE_SIZE {
+        return DEFAULT_TABLE_SIZE;
+    }
+    next_prime(wanted.checked_next_power_of_two().unwrap_or(wanted))
 }
 
 impl Maglev {
@@ -196,5 +203,22 @@ impl Iterator for Failover<'_> {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_automatic_size_holds_still_while_backends_come_and_go() {
+        assert_eq!(auto_table_size(10), DEFAULT_TABLE_SIZE);
+        assert_eq!(auto_table_size(655), DEFAULT_TABLE_SIZE);
+        // 999, 1000 and 1001 backends share one table size: a change among them moves
+        // only the keys Maglev must move, not nearly all of them.
+        let size = auto_table_size(1000);
+        assert_eq!(auto_table_size(999), size);
+        assert_eq!(auto_table_size(1001), size);
+        assert!(is_prime(size) && size >= 100_000, "{size}");
     }
 }
