@@ -182,7 +182,7 @@ pub fn answer(
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     let allowed: &'static str = match path {
-        "/healthz" | "/ready" | "/status" | "/route" | "/metrics" => "GET, HEAD",
+        "/healthz" | "/ready" | "/status" | "/route" | "/metrics" | "/hot" => "GET, HEAD",
         _ => return reply(StatusCode::NOT_FOUND, TEXT, "not found\n".into()),
     };
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -237,6 +237,10 @@ pub fn answer(
                 Err(e) => reply(StatusCode::BAD_REQUEST, TEXT, format!("{e}\n")),
             },
             None => reply(StatusCode::BAD_REQUEST, TEXT, "missing ?key=\n".into()),
+        },
+        "/hot" => match hot(&snap, query_param(req.uri().query().unwrap_or(""), "n")) {
+            Ok(doc) => reply(StatusCode::OK, JSON, pretty(&doc)),
+            Err((status, why)) => reply(status, TEXT, why),
         },
         _ => match snap.metrics.encode() {
             Ok(text) => reply(StatusCode::OK, OPENMETRICS, text),
@@ -429,6 +433,51 @@ pub fn route(snap: &Snapshot, key: &str) -> Result<Value, crate::key::KeyValueEr
             "healthy": b.is_available(),
             "state": state(b),
         })).collect::<Vec<_>>(),
+    }))
+}
+
+/// Most keys `GET /hot?n=` may ask for.
+const MAX_HOT: usize = 1000;
+
+/// The `/hot` document: the hottest keys of the last 30–60 s, approximate counts
+/// (never under), their owner and the share of them that spilled.
+fn hot(snap: &Snapshot, n: Option<String>) -> Result<Value, (StatusCode, String)> {
+    if !snap.config.hot_keys {
+        return Err((
+            StatusCode::NOT_FOUND,
+            "hot keys are off (hot_keys: false)\n".into(),
+        ));
+    }
+    let n = match n.as_deref() {
+        None => 20,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if n <= MAX_HOT => n,
+            _ => {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    format!("n must be a whole number 0..={MAX_HOT}, got {v:?}\n"),
+                ))
+            }
+        },
+    };
+    let keys: Vec<Value> = snap
+        .metrics
+        .hot
+        .top(n)
+        .into_iter()
+        .map(|h| {
+            json!({
+                "key": h.key,
+                "count": h.count,
+                "owner": snap.placement.owner(h.hash).map(|id| &*snap.backend(id).name),
+                "spill_share": if h.seen == 0 { 0.0 } else { h.spilled as f64 / h.seen as f64 },
+            })
+        })
+        .collect();
+    Ok(json!({
+        "window": "the last 30 to 60 seconds",
+        "counts": "estimates from a count-min sketch: never under, over by at most ~0.1% of the window's requests",
+        "keys": keys,
     }))
 }
 

@@ -50,6 +50,48 @@ pub fn hash_source(parts: &Parts, peer: IpAddr, source: &KeySource) -> Option<u6
     }
 }
 
+/// The key's value as `hash` read it, as text (lossy UTF-8 for raw bytes): what
+/// `GET /hot` shows. Not on the request path's fast track: called only when a key
+/// enters the hot-key list.
+pub fn text(parts: &Parts, peer: IpAddr, sources: &[KeySource]) -> String {
+    let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    for source in sources {
+        let found = match source {
+            KeySource::Path => Some(parts.uri.path().to_owned()),
+            KeySource::Uri => Some(
+                parts
+                    .uri
+                    .path_and_query()
+                    .map_or("/", |pq| pq.as_str())
+                    .to_owned(),
+            ),
+            KeySource::Host => host(parts).map(|h| strip_port(h).to_ascii_lowercase()),
+            KeySource::ClientIp => Some(peer.to_canonical().to_string()),
+            KeySource::Header(name) => parts
+                .headers
+                .get(name)
+                .map(|v| v.as_bytes())
+                .filter(|v| !v.is_empty())
+                .map(lossy),
+            KeySource::Cookie(name) => parts
+                .headers
+                .get_all(COOKIE)
+                .iter()
+                .find_map(|v| cookie(v.as_bytes(), name.as_bytes()))
+                .map(lossy),
+            KeySource::Query(name) => parts
+                .uri
+                .query()
+                .and_then(|q| query_param(q.as_bytes(), name.as_bytes()))
+                .map(lossy),
+        };
+        if let Some(t) = found {
+            return t;
+        }
+    }
+    parts.uri.path().to_owned()
+}
+
 /// The hash of a key value as a person types it (for `ringlb route`), read the way
 /// `source` yields it from a request: an address for `client_ip`, a host in any case
 /// and with or without port for `host`, the bytes as they are otherwise.

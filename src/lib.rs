@@ -33,6 +33,7 @@ pub mod cli;
 pub mod config;
 pub mod diff;
 pub mod health;
+pub mod hotkeys;
 pub mod key;
 pub mod logging;
 pub mod metrics;

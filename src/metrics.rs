@@ -218,6 +218,8 @@ pub struct Metrics {
     spilled: Family<SpillLabels, Counter>,
     /// Requests in flight and availability changes, for bounded loads.
     pub load: Arc<Load>,
+    /// The hottest keys of the last minute, for `GET /hot`.
+    pub hot: crate::hotkeys::HotKeys,
     /// The proxy's own answers (no backend chosen: 400, 503, ...).
     pub unrouted: BackendMetrics,
     live: Arc<Mutex<Option<std::sync::Weak<Live>>>>,
@@ -300,6 +302,7 @@ impl Metrics {
             reloads,
             spilled,
             load,
+            hot: crate::hotkeys::HotKeys::default(),
             unrouted,
             live,
         }

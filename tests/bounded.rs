@@ -110,3 +110,62 @@ fn a_balance_factor_outside_its_range_is_a_located_error() {
         assert_eq!(err, expected);
     }
 }
+
+/// `GET path` on the admin listener: (status, body).
+async fn admin_get(proxy: &TestProxy, path: &str) -> (u16, String) {
+    let admin = proxy.admin.expect("an admin listener");
+    let text = raw_exchange(
+        admin,
+        format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    let status = raw_status(&text).unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+#[tokio::test]
+async fn hot_names_the_hammered_key_first_with_its_owner_and_spill_share() {
+    let ([_a, _b, _c], proxy) =
+        three_backends("admin:\n  bind: \"127.0.0.1:0\"\nhash:\n  balance_factor: 1.25\n").await;
+    for i in 0..40 {
+        proxy.get(&format!("/cold/{i}")).await;
+    }
+    let (_replies, _, owner) = hammer(&proxy).await;
+    let (status, body) = admin_get(&proxy, "/hot?n=3").await;
+    assert_eq!(status, 200, "{body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let keys = doc["keys"].as_array().expect("a list");
+    assert_eq!(keys.len(), 3, "{body}");
+    assert_eq!(keys[0]["key"], "/slow", "{body}");
+    assert!(
+        keys[0]["count"].as_u64().unwrap_or(0) >= BURST as u64,
+        "{body}"
+    );
+    assert_eq!(keys[0]["owner"], owner.as_str());
+    let share = keys[0]["spill_share"].as_f64().unwrap_or(-1.0);
+    assert!(share > 0.0 && share < 1.0, "{body}");
+    for bad in ["/hot?n=lots", "/hot?n=1001", "/hot?n=-1"] {
+        let (status, body) = admin_get(&proxy, bad).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(
+            body.starts_with("n must be a whole number 0..=1000"),
+            "{body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn hot_keys_false_turns_hot_off() {
+    let ([_a, _b, _c], proxy) =
+        three_backends("admin:\n  bind: \"127.0.0.1:0\"\nhot_keys: false\n").await;
+    proxy.get("/x").await;
+    let (status, body) = admin_get(&proxy, "/hot").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (404, "hot keys are off (hot_keys: false)\n")
+    );
+}

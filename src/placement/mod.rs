@@ -110,8 +110,9 @@ impl Default for Placement {
 /// spaced over the key space: ±0.4% of the whole at worst, deterministic).
 const SHARE_SAMPLES: u64 = 1 << 16;
 
-/// A 64-bit finaliser (splitmix64): spreads a hash and a seed over all 64 bits.
-pub(crate) fn mix(mut z: u64) -> u64 {
+/// A 64-bit finaliser (splitmix64): spreads a hash and a seed over all 64 bits. Public
+/// for tests and benches that need well-spread keys.
+pub fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

@@ -159,6 +159,7 @@ async fn forward(
     // Bounded loads choose afresh for each attempt, among the backends not yet tried.
     let bounded = config.hash.balance_factor;
     let mut tried = crate::ring::Seen::default();
+    let mut spilled = false;
     while attempts < max_attempts {
         let next = if fallback {
             walk.find(|&id| !snap.backend(id).is_down())
@@ -169,12 +170,19 @@ async fn forward(
                         snap.backend(choice.id).metrics.spilled_in.inc();
                         snap.backend(choice.owner).metrics.spilled_out.inc();
                     }
+                    spilled |= choice.spilled;
                     tried.insert(choice.id.0);
                     choice.id
                 })
         } else {
             walk.find(|&id| snap.backend(id).is_available())
         };
+        if attempts == 0 && next.is_some() && config.hot_keys {
+            // Counted once a request, where its first backend was chosen.
+            snap.metrics.hot.record(hash, spilled, || {
+                crate::key::text(&parts, peer.ip(), &config.hash.key)
+            });
+        }
         let Some(id) = next else {
             if attempts == 0 && !fallback {
                 fallback = true;
