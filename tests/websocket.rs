@@ -65,3 +65,52 @@ async fn an_open_tunnel_keeps_its_connection_slot() {
         .unwrap();
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn an_open_tunnel_counts_in_flight_until_it_closes_and_tunnels_are_bounded() {
+    // Bounded loads count a tunnel as a request in flight for its whole life, so a
+    // flood of sockets on one key spills like a flood of requests.
+    let ([_a, _b, _c], proxy) =
+        three_backends("hash:\n  key: query:room\n  balance_factor: 1.25\n").await;
+    let owner = proxy.route(b"hot")[0].clone();
+    let in_flight = |name: &str| {
+        let snap = proxy.live.load();
+        snap.backends
+            .iter()
+            .find(|b| *b.name == *name)
+            .map_or(0, |b| b.in_flight())
+    };
+    let mut sockets = Vec::new();
+    let mut served = std::collections::HashMap::<String, usize>::new();
+    for _ in 0..12 {
+        let stream = TcpStream::connect(proxy.addr).await.unwrap();
+        let url = format!("ws://{}/ws?room=hot", proxy.addr);
+        let (ws, res) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+        let by = res.headers()["x-backend"].to_str().unwrap().to_owned();
+        *served.entry(by).or_default() += 1;
+        sockets.push(ws);
+    }
+    assert!(served.len() >= 2, "tunnels spilled: {served:?}");
+    let open = served[&owner];
+    wait_until(
+        std::time::Duration::from_secs(5),
+        "the owner's tunnels to count",
+        || {
+            let n = in_flight(&owner);
+            async move { n == open as u64 }
+        },
+    )
+    .await;
+    for mut ws in sockets {
+        ws.close(None).await.unwrap();
+    }
+    wait_until(
+        std::time::Duration::from_secs(5),
+        "closed tunnels to stop counting",
+        || {
+            let n = in_flight(&owner);
+            async move { n == 0 }
+        },
+    )
+    .await;
+}
