@@ -6,6 +6,8 @@
 #
 #   benches/callgrind.sh [RINGLB_BINARY] [BACKEND_BINARY]
 #   N=20000 WARM=1000 H2=1 benches/callgrind.sh     # H2=1: h2c with -m 10 instead of HTTP/1.1
+#   EXTRA='hot_keys: false' benches/callgrind.sh      # YAML appended to the config
+#   HASH='  balance_factor: 1.25' benches/callgrind.sh # lines added to its hash block
 #
 # Defaults: target/release/ringlb and target/release/examples/backend (build them with
 # `cargo build --release --bin ringlb --example backend`). Needs valgrind and h2load
@@ -43,12 +45,14 @@ listeners:
   - bind: "127.0.0.1:$PORT"
 hash:
   key: path
+${HASH:-}
 backends:
   - {name: app-1, address: "127.0.0.1:${B[0]}"}
   - {name: app-2, address: "127.0.0.1:${B[1]}"}
   - {name: app-3, address: "127.0.0.1:${B[2]}"}
 workers: 1
 access_log: false
+${EXTRA:-}
 EOF
 valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" "$RINGLB" --config "$WORK/lb.yaml" \
   >/dev/null 2>"$WORK/valgrind.log" &
