@@ -20,76 +20,81 @@ pub fn hash(parts: &Parts, peer: IpAddr, sources: &[KeySource]) -> u64 {
         .unwrap_or_else(|| hash_key(parts.uri.path().as_bytes()))
 }
 
-/// The hash of one source, `None` when the request does not carry it (or it is empty).
-pub fn hash_source(parts: &Parts, peer: IpAddr, source: &KeySource) -> Option<u64> {
+/// What one source found in a request, still borrowed from it.
+enum Found<'a> {
+    /// Raw bytes, hashed as they are.
+    Bytes(&'a [u8]),
+    /// A host, hashed lowercased and without its port.
+    Host(&'a str),
+    /// The client's address.
+    Ip(IpAddr),
+}
+
+/// The value `source` names in a request, `None` when absent (or empty).
+fn find<'a>(parts: &'a Parts, peer: IpAddr, source: &KeySource) -> Option<Found<'a>> {
     match source {
-        KeySource::Path => Some(hash_key(parts.uri.path().as_bytes())),
-        KeySource::Uri => {
-            let uri = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-            Some(hash_key(uri.as_bytes()))
-        }
-        KeySource::Host => host(parts).map(hash_host),
-        KeySource::ClientIp => Some(hash_ip(peer)),
+        KeySource::Path => Some(Found::Bytes(parts.uri.path().as_bytes())),
+        KeySource::Uri => Some(Found::Bytes(
+            parts
+                .uri
+                .path_and_query()
+                .map_or("/", |pq| pq.as_str())
+                .as_bytes(),
+        )),
+        KeySource::Host => host(parts).map(Found::Host),
+        KeySource::ClientIp => Some(Found::Ip(peer)),
         KeySource::Header(name) => parts
             .headers
             .get(name)
             .map(|v| v.as_bytes())
             .filter(|v| !v.is_empty())
-            .map(hash_key),
+            .map(Found::Bytes),
         KeySource::Cookie(name) => parts
             .headers
             .get_all(COOKIE)
             .iter()
             .find_map(|v| cookie(v.as_bytes(), name.as_bytes()))
-            .map(hash_key),
+            .map(Found::Bytes),
         KeySource::Query(name) => parts
             .uri
             .query()
             .and_then(|q| query_param(q.as_bytes(), name.as_bytes()))
-            .map(hash_key),
+            .map(Found::Bytes),
     }
+}
+
+impl Found<'_> {
+    fn hash(&self) -> u64 {
+        match *self {
+            Found::Bytes(b) => hash_key(b),
+            Found::Host(h) => hash_host(h),
+            Found::Ip(ip) => hash_ip(ip),
+        }
+    }
+
+    fn text(&self) -> String {
+        match *self {
+            Found::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+            Found::Host(h) => strip_port(h).to_ascii_lowercase(),
+            Found::Ip(ip) => ip.to_canonical().to_string(),
+        }
+    }
+}
+
+/// The hash of one source, `None` when the request does not carry it (or it is empty).
+pub fn hash_source(parts: &Parts, peer: IpAddr, source: &KeySource) -> Option<u64> {
+    find(parts, peer, source).map(|f| f.hash())
 }
 
 /// The key's value as `hash` read it, as text (lossy UTF-8 for raw bytes): what
 /// `GET /hot` shows. Not on the request path's fast track: called only when a key
 /// enters the hot-key list.
 pub fn text(parts: &Parts, peer: IpAddr, sources: &[KeySource]) -> String {
-    let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    for source in sources {
-        let found = match source {
-            KeySource::Path => Some(parts.uri.path().to_owned()),
-            KeySource::Uri => Some(
-                parts
-                    .uri
-                    .path_and_query()
-                    .map_or("/", |pq| pq.as_str())
-                    .to_owned(),
-            ),
-            KeySource::Host => host(parts).map(|h| strip_port(h).to_ascii_lowercase()),
-            KeySource::ClientIp => Some(peer.to_canonical().to_string()),
-            KeySource::Header(name) => parts
-                .headers
-                .get(name)
-                .map(|v| v.as_bytes())
-                .filter(|v| !v.is_empty())
-                .map(lossy),
-            KeySource::Cookie(name) => parts
-                .headers
-                .get_all(COOKIE)
-                .iter()
-                .find_map(|v| cookie(v.as_bytes(), name.as_bytes()))
-                .map(lossy),
-            KeySource::Query(name) => parts
-                .uri
-                .query()
-                .and_then(|q| query_param(q.as_bytes(), name.as_bytes()))
-                .map(lossy),
-        };
-        if let Some(t) = found {
-            return t;
-        }
-    }
-    parts.uri.path().to_owned()
+    sources
+        .iter()
+        .find_map(|s| find(parts, peer, s))
+        .unwrap_or(Found::Bytes(parts.uri.path().as_bytes()))
+        .text()
 }
 
 /// The hash of a key value as a person types it (for `ringlb route`), read the way
