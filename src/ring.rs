@@ -396,9 +396,7 @@ impl Ring {
         };
         Failover {
             ring: self,
-            next: start,
-            walked: 0,
-            seen: Seen::default(),
+            walk: DistinctWalk::from(start),
         }
     }
 
@@ -508,31 +506,60 @@ impl Seen {
     }
 }
 
-/// Iterator over a key's failover order; yields each backend once.
-pub struct Failover<'a> {
-    ring: &'a Ring,
+/// A walk around a circular list of owners from a start, yielding each owner once:
+/// the engine of the ring's failover order and of Maglev's table walk.
+#[derive(Debug, Default)]
+pub(crate) struct DistinctWalk {
     next: usize,
     walked: usize,
     seen: Seen,
+}
+
+impl DistinctWalk {
+    /// A walk starting at slot `start`.
+    pub(crate) fn from(start: usize) -> Self {
+        DistinctWalk {
+            next: start,
+            ..DistinctWalk::default()
+        }
+    }
+
+    /// The next owner not yet yielded, over `len` slots holding `members` distinct
+    /// owners; `owner_at` reads a slot.
+    pub(crate) fn next(
+        &mut self,
+        len: usize,
+        members: usize,
+        owner_at: impl Fn(usize) -> u32,
+    ) -> Option<BackendId> {
+        while self.walked < len && self.seen.len < members {
+            let owner = owner_at(self.next);
+            self.next += 1;
+            if self.next == len {
+                self.next = 0;
+            }
+            self.walked += 1;
+            if self.seen.insert(owner) {
+                return Some(BackendId(owner));
+            }
+        }
+        None
+    }
+}
+
+/// Iterator over a key's failover order; yields each backend once.
+pub struct Failover<'a> {
+    ring: &'a Ring,
+    walk: DistinctWalk,
 }
 
 impl Iterator for Failover<'_> {
     type Item = BackendId;
 
     fn next(&mut self) -> Option<BackendId> {
-        let n = self.ring.entries.len();
-        while self.walked < n && self.seen.len < self.ring.members {
-            let owner = self.ring.owner_at(self.next);
-            self.next += 1;
-            if self.next == n {
-                self.next = 0;
-            }
-            self.walked += 1;
-            if self.seen.insert(owner.0) {
-                return Some(owner);
-            }
-        }
-        None
+        let ring = self.ring;
+        self.walk
+            .next(ring.entries.len(), ring.members, |i| ring.owner_at(i).0)
     }
 }
 

@@ -13,7 +13,7 @@
 
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
-use crate::ring::{BackendId, Member, Seen};
+use crate::ring::{BackendId, DistinctWalk, Member};
 
 /// The default `hash.maglev_table_size`: the prime Google's paper and Envoy use.
 pub const DEFAULT_TABLE_SIZE: u64 = 65_537;
@@ -152,10 +152,8 @@ impl Maglev {
         let len = self.table.len() as u64;
         Failover {
             table: &self.table,
-            next: if len == 0 { 0 } else { (hash % len) as usize },
-            walked: 0,
             members: self.members,
-            seen: Seen::default(),
+            walk: DistinctWalk::from(if len == 0 { 0 } else { (hash % len) as usize }),
         }
     }
 
@@ -180,29 +178,16 @@ impl Maglev {
 /// A key's failover order under Maglev: the table walked from its slot.
 pub struct Failover<'a> {
     table: &'a [u32],
-    next: usize,
-    walked: usize,
     members: usize,
-    seen: Seen,
+    walk: DistinctWalk,
 }
 
 impl Iterator for Failover<'_> {
     type Item = BackendId;
 
     fn next(&mut self) -> Option<BackendId> {
-        let n = self.table.len();
-        while self.walked < n && self.seen.len() < self.members {
-            let id = self.table[self.next];
-            self.next += 1;
-            if self.next == n {
-                self.next = 0;
-            }
-            self.walked += 1;
-            if self.seen.insert(id) {
-                return Some(BackendId(id));
-            }
-        }
-        None
+        let table = self.table;
+        self.walk.next(table.len(), self.members, |i| table[i])
     }
 }
 
