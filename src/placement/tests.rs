@@ -23,6 +23,11 @@ fn spec(algorithm: Algorithm) -> Spec {
 
 /// Builds `set` in the given order; ids are positions, so answers are compared by name.
 fn build(algorithm: Algorithm, set: &[(String, u32)]) -> Placement {
+    build_with(spec(algorithm), set)
+}
+
+/// As `build`, with a spec of the test's own.
+fn build_with(spec: Spec, set: &[(String, u32)]) -> Placement {
     let members: Vec<Member> = set
         .iter()
         .enumerate()
@@ -32,7 +37,7 @@ fn build(algorithm: Algorithm, set: &[(String, u32)]) -> Placement {
             weight: *weight,
         })
         .collect();
-    Placement::build(&members, spec(algorithm)).expect("a small placement builds")
+    Placement::build(&members, spec).expect("a small placement builds")
 }
 
 fn owner_name(p: &Placement, set: &[(String, u32)], key: u64) -> Option<String> {
@@ -162,22 +167,14 @@ fn every_algorithm_balances_by_weight() {
     let mut set = uniform(10);
     set[0].1 = 3; // three times the others
     for a in ALL {
-        let p = Placement::build(
-            &set.iter()
-                .enumerate()
-                .map(|(i, (n, w))| Member {
-                    id: BackendId(i as u32),
-                    name: n,
-                    weight: *w,
-                })
-                .collect::<Vec<_>>(),
+        let p = build_with(
             Spec {
                 algorithm: a,
                 vnodes: 160,
                 table_size: 65_537,
             },
-        )
-        .expect("builds");
+            &set,
+        );
         let shares = counts(&p, 10, 200_000);
         let ideal = |i: usize| if i == 0 { 3.0 / 12.0 } else { 1.0 / 12.0 };
         for (i, s) in shares.iter().enumerate() {
@@ -206,26 +203,15 @@ fn maglev_disruption_stays_within_its_documented_bound() {
     // removed backend's own keys.
     let set = uniform(10);
     let left: Vec<(String, u32)> = set.iter().filter(|b| b.0 != "backend-4").cloned().collect();
-    let members = |s: &[(String, u32)]| -> Vec<(String, u32)> { s.to_vec() };
     let build_m = |s: &[(String, u32)]| {
-        Placement::build(
-            &s.iter()
-                .enumerate()
-                .map(|(i, (n, w))| Member {
-                    id: BackendId(i as u32),
-                    name: n,
-                    weight: *w,
-                })
-                .collect::<Vec<_>>(),
-            Spec {
-                algorithm: Algorithm::Maglev,
-                vnodes: 1,
-                table_size: 65_537,
-            },
-        )
-        .expect("builds")
+        let spec = Spec {
+            algorithm: Algorithm::Maglev,
+            vnodes: 1,
+            table_size: 65_537,
+        };
+        build_with(spec, s)
     };
-    let (before, after) = (build_m(&members(&set)), build_m(&left));
+    let (before, after) = (build_m(&set), build_m(&left));
     let keys = 200_000u64;
     let step = u64::MAX / keys;
     let moved = (0..keys)
