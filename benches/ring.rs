@@ -18,7 +18,7 @@ use ringlb::backend::BackendState;
 use ringlb::config::Address;
 use ringlb::metrics::Metrics;
 use ringlb::placement::{maglev, Algorithm, Placement, Spec};
-use ringlb::ring::{BackendId, Member, Ring};
+use ringlb::ring::Ring;
 
 const VNODES: u32 = 160;
 const KEYS: usize = 1 << 20;
@@ -165,15 +165,7 @@ fn hashring_of(n: usize) -> hashring::HashRing<(usize, u32)> {
 fn placement_lookup(c: &mut Criterion) {
     let keys = keys();
     let names = names(100);
-    let members: Vec<Member> = names
-        .iter()
-        .enumerate()
-        .map(|(i, name)| Member {
-            id: BackendId::try_from(i).expect("bench sizes fit u32"),
-            name,
-            weight: 1,
-        })
-        .collect();
+    let members = common::members_of(&names);
     let mut group = c.benchmark_group("placement/lookup/100");
     group.throughput(Throughput::Elements(1));
     for (name, algorithm) in Algorithm::ALL {

@@ -8,9 +8,9 @@ pub fn names(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("app-{i}")).collect()
 }
 
-/// The ring of `names`, weight 1 each, with `vnodes` points per backend.
-pub fn ring_of(names: &[String], vnodes: u32) -> Ring {
-    let members: Vec<Member> = names
+/// `names` as ring members, weight 1 each, ids in order.
+pub fn members_of(names: &[String]) -> Vec<Member<'_>> {
+    names
         .iter()
         .enumerate()
         .map(|(i, name)| Member {
@@ -18,6 +18,10 @@ pub fn ring_of(names: &[String], vnodes: u32) -> Ring {
             name,
             weight: 1,
         })
-        .collect();
-    Ring::build(&members, vnodes).expect("bench ring builds")
+        .collect()
+}
+
+/// The ring of `names`, weight 1 each, with `vnodes` points per backend.
+pub fn ring_of(names: &[String], vnodes: u32) -> Ring {
+    Ring::build(&members_of(names), vnodes).expect("bench ring builds")
 }
