@@ -408,6 +408,26 @@ fn peer_closed(s: &TcpStream) -> bool {
 
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
+/// `/upload` reads its head and then nothing, holding the connection; the rest are OK.
+fn hangs_on_upload(path: &str) -> Act {
+    match path {
+        "/upload" => Act::Hang,
+        _ => Act::SendAndKeep(OK),
+    }
+}
+
+/// The connection that carried a half-sent request was closed, never pooled: the next
+/// request needs a connection of its own.
+async fn not_pooled(proxy: &Ringlb, backend: &Hostile) {
+    let accepted = backend.accepts();
+    assert_eq!(proxy.get("/after").await, (200, "ok".into()));
+    assert_eq!(
+        backend.accepts(),
+        accepted + 1,
+        "the half-sent connection was pooled"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // 1. A backend body that stalls.
 // ---------------------------------------------------------------------------------------
@@ -511,11 +531,7 @@ async fn over_h2_a_stalled_backend_body_resets_its_stream_and_the_connection_goe
 
 #[tokio::test]
 async fn a_backend_that_stops_reading_an_upload_gets_a_504_after_upstream_write() {
-    let backend = Hostile::spawn(|path| match path {
-        "/upload" => Act::Hang,
-        _ => Act::SendAndKeep(OK),
-    })
-    .await;
+    let backend = Hostile::spawn(hangs_on_upload).await;
     let proxy = Ringlb::start("stops-reading", &[("b", backend.addr)], "");
     let before = proxy.fds();
     assert_eq!(proxy.get("/warm").await, (200, "ok".into()));
@@ -557,13 +573,7 @@ async fn a_backend_that_stops_reading_an_upload_gets_a_504_after_upstream_write(
     writer.abort();
     drop(rd);
     proxy.access_line(&["/upload", "status=504"]).await;
-    let accepted = backend.accepts();
-    assert_eq!(proxy.get("/after").await, (200, "ok".into()));
-    assert_eq!(
-        backend.accepts(),
-        accepted + 1,
-        "the half-sent connection was pooled"
-    );
+    not_pooled(&proxy, &backend).await;
     drop(backend);
     proxy.fds_back_to(before).await;
 }
@@ -574,11 +584,7 @@ async fn a_backend_that_stops_reading_an_upload_gets_a_504_after_upstream_write(
 
 #[tokio::test]
 async fn a_client_upload_that_stalls_gets_408_and_the_backend_connection_is_closed() {
-    let backend = Hostile::spawn(|path| match path {
-        "/upload" => Act::Hang,
-        _ => Act::SendAndKeep(OK),
-    })
-    .await;
+    let backend = Hostile::spawn(hangs_on_upload).await;
     let proxy = Ringlb::start("client-stalls", &[("b", backend.addr)], "");
     let before = proxy.fds();
     assert_eq!(proxy.get("/warm").await, (200, "ok".into()));
@@ -593,26 +599,14 @@ async fn a_client_upload_that_stalls_gets_408_and_the_backend_connection_is_clos
     let got = String::from_utf8_lossy(&got);
     assert!(got.starts_with("HTTP/1.1 408 "), "{got}");
     proxy.access_line(&["/upload", "status=408"]).await;
-    // The half-sent request's backend connection is closed, never pooled: the next
-    // request needs a connection of its own.
-    let accepted = backend.accepts();
-    assert_eq!(proxy.get("/after").await, (200, "ok".into()));
-    assert_eq!(
-        backend.accepts(),
-        accepted + 1,
-        "the half-sent connection was pooled"
-    );
+    not_pooled(&proxy, &backend).await;
     drop(backend);
     proxy.fds_back_to(before).await;
 }
 
 #[tokio::test]
 async fn over_h2_a_stalled_upload_ends_its_stream_and_the_others_go_on() {
-    let backend = Hostile::spawn(|path| match path {
-        "/upload" => Act::Hang,
-        _ => Act::SendAndKeep(OK),
-    })
-    .await;
+    let backend = Hostile::spawn(hangs_on_upload).await;
     let proxy = Ringlb::start("client-stalls-h2", &[("b", backend.addr)], "");
     let before = proxy.fds();
     let (stalled, other) = h2_session(proxy.addr, |mut send| async move {
