@@ -156,24 +156,53 @@ impl Drop for Completion {
             }
         }
         if let Some(line) = &self.line {
-            let mut client = [0u8; 64];
-            let client = crate::logging::format_addr(line.peer, &mut client);
-            let path = line.uri.path_and_query().map_or("/", |p| p.as_str());
-            info!(
-                target: crate::logging::ACCESS_TARGET,
-                client,
-                method = line.method.as_str(),
-                path,
-                status = u64::from(self.status.as_u16()),
-                backend = backend.map_or("-", |b| &b.name),
-                attempts = u64::from(self.trace.attempts),
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-                bytes_in = self.trace.bytes_in,
-                bytes_out = self.bytes_out,
-                complete = self.aborted.is_none(),
-            );
+            write_line(&Line {
+                peer: line.peer,
+                method: line.method.as_str(),
+                path: line.uri.path_and_query().map_or("/", |p| p.as_str()),
+                status: self.status,
+                backend: backend.map_or("-", |b| &b.name),
+                attempts: self.trace.attempts,
+                elapsed,
+                bytes_in: self.trace.bytes_in,
+                bytes_out: self.bytes_out,
+                complete: self.aborted.is_none(),
+            });
         }
     }
+}
+
+/// The fields of one access-log line.
+struct Line<'a> {
+    peer: SocketAddr,
+    method: &'a str,
+    path: &'a str,
+    status: StatusCode,
+    backend: &'a str,
+    attempts: u32,
+    elapsed: std::time::Duration,
+    bytes_in: u64,
+    bytes_out: u64,
+    complete: bool,
+}
+
+/// Writes one access-log line: every answer, routed or not, has this one shape.
+fn write_line(l: &Line<'_>) {
+    let mut client = [0u8; 64];
+    let client = crate::logging::format_addr(l.peer, &mut client);
+    info!(
+        target: crate::logging::ACCESS_TARGET,
+        client,
+        method = l.method,
+        path = l.path,
+        status = u64::from(l.status.as_u16()),
+        backend = l.backend,
+        attempts = u64::from(l.attempts),
+        duration_ms = l.elapsed.as_secs_f64() * 1000.0,
+        bytes_in = l.bytes_in,
+        bytes_out = l.bytes_out,
+        complete = l.complete,
+    );
 }
 
 /// Records an answer hyper's HTTP/1 server gave by itself before any request reached
@@ -185,20 +214,17 @@ pub fn record_refused(snap: &Snapshot, peer: SocketAddr, status: StatusCode) {
         .unrouted
         .record(status, std::time::Duration::ZERO);
     if snap.config.access_log {
-        let mut client = [0u8; 64];
-        let client = crate::logging::format_addr(peer, &mut client);
-        info!(
-            target: crate::logging::ACCESS_TARGET,
-            client,
-            method = "-",
-            path = "-",
-            status = u64::from(status.as_u16()),
-            backend = "-",
-            attempts = 0u64,
-            duration_ms = 0.0,
-            bytes_in = 0u64,
-            bytes_out = 0u64,
-            complete = true,
-        );
+        write_line(&Line {
+            peer,
+            method: "-",
+            path: "-",
+            status,
+            backend: "-",
+            attempts: 0,
+            elapsed: std::time::Duration::ZERO,
+            bytes_in: 0,
+            bytes_out: 0,
+            complete: true,
+        });
     }
 }
